@@ -1,0 +1,1 @@
+"""mlapi: a machine-learning prediction service built around Redis Streams."""

@@ -1,0 +1,110 @@
+"""Answers for this API process: one reader task resolves one future per job id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mlapi import queue
+from mlapi.contract import Job, Reply, decode_reply
+
+log = logging.getLogger("mlapi.api")
+
+MAX_BACKOFF_S = 5.0
+
+
+class BrokerUnavailable(Exception):
+    """Redis could not be reached; the ids are those of the predictions that may still complete."""
+
+    def __init__(self, reason: str, ids: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.ids = ids or []
+
+
+class PredictionTimeout(Exception):
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"no answer within the timeout for {', '.join(ids)}")
+        self.ids = ids
+
+
+class ReplyDispatcher:
+    """Owns this process's reply stream and the futures of the jobs waiting on it."""
+
+    def __init__(self, redis_url: str, block_ms: int) -> None:
+        self.stream = queue.reply_stream(uuid.uuid4().hex)
+        self.block_ms = block_ms
+        self._redis = queue.connect(redis_url, read_timeout_s=block_ms / 1000 + 5)
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._read(), name="reply-reader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(BrokerUnavailable("the API is shutting down"))
+        await self._redis.aclose()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, redis: Redis, job: Job, timeout_s: float) -> Reply:
+        """Queue the job and wait for its answer; the future exists before the job can be answered."""
+        ids = [row.id for row in job.rows]
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[job.id] = future
+        try:
+            try:
+                await queue.enqueue(redis, job)
+            except RedisError as e:
+                raise BrokerUnavailable(f"cannot queue the request: {e}") from e
+            try:
+                return await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                raise PredictionTimeout(ids) from None
+            except BrokerUnavailable as e:
+                raise BrokerUnavailable(str(e), ids) from None
+        finally:
+            self._waiting.pop(job.id, None)
+
+    def _fail_all(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _read(self) -> None:
+        last_id = "0-0"
+        backoff = 0.0
+        while True:
+            try:
+                response = await self._redis.xread({self.stream: last_id}, count=1000, block=self.block_ms)
+                backoff = 0.0
+            except RedisError as e:
+                log.warning("reply stream unreadable: %s", e)
+                self._fail_all(BrokerUnavailable(f"lost the broker while waiting: {e}"))
+                backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
+                await asyncio.sleep(backoff)  # reconnect backoff, not a poll: a read blocks on the broker
+                continue
+            for _stream, entries in queue.stream_items(response):
+                for entry_id, fields in entries:
+                    last_id = entry_id.decode()
+                    self._resolve(fields)
+
+    def _resolve(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            reply = decode_reply(fields[queue.FIELD])
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("malformed reply on %s: %s", self.stream, e)
+            return
+        future = self._waiting.pop(reply.id, None)
+        if future is not None and not future.done():
+            future.set_result(reply)

@@ -1,0 +1,78 @@
+"""`mlapi up | api | worker | web | migrate | train | bench`: build Settings once and hand them down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from mlapi.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlapi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start Redis, PostgreSQL, the API, the workers and the web UI locally")
+    api = commands.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    worker = commands.add_parser("worker", help="run one model worker process")
+    worker.add_argument("--model", action="append", help="serve only this model (repeatable)")
+    web = commands.add_parser("web", help="serve the web UI")
+    web.add_argument("--host")
+    web.add_argument("--port", type=int)
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    train = commands.add_parser("train", help="train a model into the registry")
+    train.add_argument("name", choices=["diabetes-risk", "iris"])
+    train.add_argument("--data", type=Path, help="training data (CSV) for diabetes-risk")
+    train.add_argument("--out", type=Path, help="registry folder (default: MLAPI_MODELS_DIR)")
+    train.add_argument("--version", default="1", help="version written into the spec")
+    bench = commands.add_parser("bench", help="benchmark mlapi against the alternatives")
+    bench.add_argument("--quick", action="store_true", help="short run for development")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
+    if args.command == "up":
+        from mlapi.up import run_up
+
+        run_up(settings)
+    elif args.command == "api":
+        from mlapi.api.app import run_api
+
+        settings.api = settings.api.model_copy(update=_given(args, "host", "port"))
+        run_api(settings)
+    elif args.command == "worker":
+        from mlapi.worker import run_worker
+
+        if args.model:
+            settings.worker = settings.worker.model_copy(update={"models": args.model})
+        asyncio.run(run_worker(settings))
+    elif args.command == "web":
+        from mlapi.web import run_web
+
+        settings.web = settings.web.model_copy(update=_given(args, "host", "port"))
+        run_web(settings)
+    elif args.command == "migrate":
+        from mlapi.storage.migrate import upgrade
+
+        upgrade(settings.require_database_url())
+    elif args.command == "train":
+        from mlapi.models.train import train_named
+
+        spec = train_named(args.name, args.data, args.out or settings.models_dir, args.version)
+        print(f"trained {spec.name} v{spec.version}: {spec.metrics.model_dump_json()}")
+    elif args.command == "bench":
+        from mlapi.bench import run_bench
+
+        run_bench(settings, quick=args.quick)
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}

@@ -1,0 +1,173 @@
+"""`mlapi train`: fit a model with a fixed seed, score it on a stratified holdout, write artifact and spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sklearn
+import skops.io
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_iris
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from mlapi.models.runtime import TRUSTED_TYPES, LoadedModel
+from mlapi.models.spec import SPEC_FILE, DataInfo, Feature, Metrics, ModelSpec
+
+SEED = 42
+ARTIFACT = "model.skops"
+DEFAULT_DIABETES_DATA = Path("../shared/data/diabetes_prediction_dataset.csv")
+
+
+@dataclass
+class Dataset:
+    frame: pd.DataFrame
+    target: np.ndarray
+    features: list[Feature]
+    labels: list[str]
+    info: DataInfo
+    description: str
+
+
+def _number(name: str, frame: pd.DataFrame, description: str, example: float, **extra: object) -> Feature:
+    column = frame[name]
+    return Feature(
+        name=name,
+        kind="number",
+        description=description,
+        minimum=0,
+        training_range=(float(column.min()), float(column.max())),
+        example=example,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def diabetes_dataset(path: Path) -> Dataset:
+    raw = path.read_bytes()
+    frame = pd.read_csv(path)
+    target = frame.pop("diabetes").to_numpy()
+    categories = {c: sorted(frame[c].unique().tolist()) for c in ("gender", "smoking_history")}
+    features = [
+        Feature(
+            name="gender",
+            kind="category",
+            description="Gender of the patient",
+            values=categories["gender"],
+            example="Female",
+        ),
+        _number("age", frame, "Age in years; fractional below 2 years", 54.0, step=0.1, unit="years"),
+        Feature(name="hypertension", kind="flag", description="1 if the patient has hypertension", example=0),
+        Feature(name="heart_disease", kind="flag", description="1 if the patient has heart disease", example=0),
+        Feature(
+            name="smoking_history",
+            kind="category",
+            description="Smoking history as recorded; 'No Info' when unknown",
+            values=categories["smoking_history"],
+            example="never",
+        ),
+        _number("bmi", frame, "Body-mass index", 27.32, step=0.01, unit="kg/m²"),
+        _number("HbA1c_level", frame, "Haemoglobin A1c, average blood sugar of 2-3 months", 6.6, step=0.1, unit="%"),
+        _number("blood_glucose_level", frame, "Blood glucose level", 140, step=1, unit="mg/dL"),
+    ]
+    return Dataset(
+        frame=frame,
+        target=target,
+        features=features,
+        labels=["no diabetes", "diabetes"],
+        info=DataInfo(source=path.name, sha256=hashlib.sha256(raw).hexdigest(), rows=len(frame)),
+        description="Risk of diabetes from demographics, history and two blood measurements",
+    )
+
+
+def iris_dataset() -> Dataset:
+    bunch = load_iris(as_frame=True)
+    frame = bunch.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    first = frame.iloc[0]
+    features = [
+        _number(c, frame, f"{c.replace('_', ' ').capitalize()} in cm", float(first[c]), step=0.1, unit="cm")
+        for c in frame.columns
+    ]
+    raw = frame.to_csv(index=False).encode()
+    return Dataset(
+        frame=frame,
+        target=bunch.target.to_numpy(),
+        features=features,
+        labels=[str(n) for n in bunch.target_names],
+        info=DataInfo(source="sklearn.datasets.load_iris", sha256=hashlib.sha256(raw).hexdigest(), rows=len(frame)),
+        description="Species of an iris flower from its sepal and petal measurements",
+    )
+
+
+def build_pipeline(features: list[Feature]) -> Pipeline:
+    categorical = [f.name for f in features if f.kind == "category"]
+    numeric = [f.name for f in features if f.kind != "category"]
+    transformers: list[tuple[str, object, list[str]]] = [("numeric", "passthrough", numeric)]
+    if categorical:
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        transformers.insert(0, ("categorical", encoder, categorical))
+    return Pipeline(
+        [
+            ("features", ColumnTransformer(transformers)),
+            ("classifier", HistGradientBoostingClassifier(random_state=SEED)),
+        ]
+    )
+
+
+def score(pipeline: Pipeline, x: pd.DataFrame, y: np.ndarray) -> Metrics:
+    probabilities = pipeline.predict_proba(x)
+    predicted = probabilities.argmax(axis=1)
+    binary = probabilities.shape[1] == 2
+    return Metrics(
+        roc_auc=float(
+            roc_auc_score(y, probabilities[:, 1]) if binary else roc_auc_score(y, probabilities, multi_class="ovr")
+        ),
+        accuracy=float(accuracy_score(y, predicted)),
+        f1=float(f1_score(y, predicted, average="binary" if binary else "macro")),
+        holdout_rows=len(y),
+    )
+
+
+def train(name: str, dataset: Dataset, out_dir: Path, version: str) -> ModelSpec:
+    """Fit on a stratified 80 % split, score on the other 20 %, and write the model directory."""
+    x_train, x_test, y_train, y_test = train_test_split(
+        dataset.frame, dataset.target, test_size=0.2, stratify=dataset.target, random_state=SEED
+    )
+    pipeline = build_pipeline(dataset.features).fit(x_train, y_train)
+    spec = ModelSpec(
+        name=name,
+        version=version,
+        description=dataset.description,
+        labels=dataset.labels,
+        features=dataset.features,
+        artifact=ARTIFACT,
+        metrics=score(pipeline, x_test, y_test),
+        data=dataset.info,
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        framework={"scikit-learn": sklearn.__version__, "skops": skops.__version__},
+    )
+    directory = out_dir / name
+    directory.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(pipeline, directory / ARTIFACT)
+    untrusted = set(skops.io.get_untrusted_types(file=directory / ARTIFACT)) - set(TRUSTED_TYPES)
+    if untrusted:
+        raise RuntimeError(f"artifact holds types outside TRUSTED_TYPES: {sorted(untrusted)}")
+    (directory / SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    LoadedModel.load(directory)  # proves the artifact loads with the trusted types and matches the spec
+    return spec
+
+
+def train_named(name: str, data: Path | None, out_dir: Path, version: str) -> ModelSpec:
+    if name == "diabetes-risk":
+        return train(name, diabetes_dataset(data or DEFAULT_DIABETES_DATA), out_dir, version)
+    if name == "iris":
+        return train(name, iris_dataset(), out_dir, version)
+    raise SystemExit(f"unknown model {name!r}: mlapi train knows diabetes-risk and iris")

@@ -1,0 +1,104 @@
+"""One Settings class, built at the entry point from ``MLAPI_*`` variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Interface the API binds to."""
+    port: int = 8000
+    """Port of the API."""
+    request_timeout_s: float = Field(10.0, gt=0)
+    """How long a waiting request waits for its answer before it gets a 504 carrying its id."""
+    max_instances: int = Field(256, ge=1)
+    """Most samples one `{"instances": [...]}` request may carry."""
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Largest request body accepted; larger ones get a 413."""
+    default_model: str = "diabetes-risk"
+    """Model served by `POST /predict`."""
+    cors_origins: list[str] = []
+    """Origins allowed to call the API from a browser (the web UI's own origin)."""
+    reply_block_ms: int = Field(5000, ge=100)
+    """How long one read of the reply stream blocks before it is issued again."""
+
+
+class WorkerSettings(BaseModel):
+    models: list[str] = []
+    """Models this worker serves; empty means every model in the registry."""
+    batch_size: int = Field(64, ge=1)
+    """Most queued messages taken, predicted and stored together."""
+    block_ms: int = Field(1000, ge=10)
+    """How long a read of the queue blocks when it is empty; bounds how late a shutdown or reclaim is."""
+    visibility_timeout_ms: int = Field(30_000, ge=100)
+    """A message held this long by a consumer without acknowledgement is reclaimed by another."""
+    max_deliveries: int = Field(3, ge=1)
+    """Deliveries after which a message that keeps failing is dead-lettered."""
+    trim_interval_s: float = Field(5.0, gt=0)
+    """How often acknowledged entries are trimmed from the request stream."""
+    liveness_ms: int = Field(5000, ge=100)
+    """A worker that has not read the queue for this long is not counted live by `/readyz`."""
+    consumer: str | None = None
+    """Consumer name in the group; defaults to host name and pid."""
+
+
+class WebSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Interface the web UI binds to."""
+    port: int = 9090
+    """Port of the web UI."""
+    api_url: str = "http://127.0.0.1:8000"
+    """Where the web UI finds the API."""
+
+
+class UpSettings(BaseModel):
+    data_dir: Path = Path(".mlapi")
+    """Where `mlapi up` keeps the embedded servers' data, so history survives a restart."""
+    redis_port: int = 16379
+    """Port of the Redis-compatible server `mlapi up` starts."""
+    postgres_port: int = 15432
+    """Port of the PostgreSQL server `mlapi up` starts."""
+    workers: int = Field(2, ge=0)
+    """Model worker processes `mlapi up` starts."""
+    web: bool = True
+    """Whether `mlapi up` starts the web UI."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLAPI_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    redis_url: str | None = None
+    """Redis-compatible broker, e.g. `redis://127.0.0.1:6379/0`; `mlapi up` starts one when unset."""
+    database_url: str | None = None
+    """PostgreSQL, e.g. `postgresql://user:pw@host/db`; `mlapi up` starts one when unset."""
+    models_dir: Path = PACKAGE_DIR / "models" / "registry"
+    """Registry folder: one directory per model holding `spec.json` and its artifact."""
+    log_level: str = "INFO"
+    """Log level of every service."""
+    api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
+    web: WebSettings = WebSettings()
+    up: UpSettings = UpSettings()
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise SystemExit("MLAPI_REDIS_URL is not set (mlapi up sets it for the services it starts)")
+        return self.redis_url
+
+    def require_database_url(self) -> str:
+        """The database URL with the asyncpg driver SQLAlchemy needs."""
+        if not self.database_url:
+            raise SystemExit("MLAPI_DATABASE_URL is not set (mlapi up sets it for the services it starts)")
+        url = self.database_url
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url.removeprefix(prefix)
+        raise SystemExit(f"MLAPI_DATABASE_URL must be a postgresql:// URL, got {url!r}")

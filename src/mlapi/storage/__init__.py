@@ -1,0 +1,1 @@
+"""PostgreSQL: the predictions table, its migrations and the repository the services use."""

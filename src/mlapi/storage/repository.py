@@ -1,0 +1,119 @@
+"""The predictions repository: idempotent batch writes and keyset-paged history reads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mlapi.storage.tables import predictions
+
+COLUMNS = [c.name for c in predictions.columns]
+_JSON_COLUMNS = {"features", "probabilities", "warnings"}
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    if column.name in _JSON_COLUMNS:
+        return "jsonb"
+    return str(column.type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+
+
+# One statement for a whole batch, whatever its size: the rows travel as one array per column, so the
+# statement text never changes and PostgreSQL plans it once. A redelivered message inserts nothing.
+_INSERT = sa.text(
+    f"INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{c.name} AS {_array_type(c)}[])" for c in predictions.columns)
+    + ") ON CONFLICT (id) DO NOTHING"
+)
+
+
+def engine_for(url: str) -> AsyncEngine:
+    return create_async_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last row of a page, in the history's order (newest first)."""
+
+    created_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.created_at.isoformat(), self.id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            created_at, id_ = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            return cls(datetime.fromisoformat(created_at), str(id_))
+        except (binascii.Error, ValueError, TypeError) as e:
+            raise InvalidCursor(f"malformed cursor {text!r}") from e
+
+
+@dataclass(frozen=True)
+class Filters:
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    prediction: int | None = None
+
+
+class PredictionRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert history rows in one statement and one transaction; rows whose id exists are left alone."""
+        if not rows:
+            return
+        params = {
+            c: [json.dumps(r[c]) if c in _JSON_COLUMNS and r[c] is not None else r[c] for r in rows] for c in COLUMNS
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(_INSERT, params)
+
+    async def get(self, prediction_id: str) -> Mapping[str, Any] | None:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(sa.select(predictions).where(predictions.c.id == prediction_id))
+            row = result.mappings().first()
+        return dict(row) if row else None
+
+    async def page(
+        self, filters: Filters, limit: int, after: Cursor | None = None
+    ) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """Newest first; returns the page and the cursor of the next one (None on the last page)."""
+        t = predictions.c
+        query = sa.select(predictions).order_by(t.created_at.desc(), t.id.desc()).limit(limit + 1)
+        if after is not None:
+            query = query.where(sa.tuple_(t.created_at, t.id) < sa.tuple_(after.created_at, after.id))
+        if filters.model is not None:
+            query = query.where(t.model == filters.model)
+        if filters.since is not None:
+            query = query.where(t.created_at >= filters.since)
+        if filters.until is not None:
+            query = query.where(t.created_at < filters.until)
+        if filters.prediction is not None:
+            query = query.where(t.prediction == filters.prediction)
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        if len(rows) <= limit:
+            return rows, None
+        last = rows[limit - 1]
+        return rows[:limit], Cursor(last["created_at"], str(last["id"]))
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
