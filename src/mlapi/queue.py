@@ -153,13 +153,18 @@ async def finish(
     async with redis.pipeline(transaction=False) as pipe:
         for delivery, error in dead:
             fields: dict[bytes | str, bytes | str | int] = {
-                "error": error,
-                "entry_id": delivery.entry_id,
-                "deliveries": delivery.deliveries,
-                "failed_at": str(time.time()),
+                b"error": error,
+                b"entry_id": delivery.entry_id,
+                b"deliveries": delivery.deliveries,
+                b"failed_at": str(time.time()),
             }
-            fields.update(delivery.fields)
-            pipe.xadd(dead_letter_stream(delivery.model), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            fields.update({b"raw:" + key: value for key, value in delivery.fields.items()})
+            pipe.xadd(
+                dead_letter_stream(delivery.model),
+                fields,  # type: ignore[arg-type]
+                maxlen=DEAD_LETTER_MAXLEN,
+                approximate=True,
+            )
         for stream, reply in replies:
             pipe.xadd(stream, {FIELD: encode(reply)}, maxlen=REPLY_MAXLEN, approximate=True)
             pipe.expire(stream, REPLY_TTL_S)

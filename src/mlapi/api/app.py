@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -246,7 +246,7 @@ def _add_predict_routes(app: FastAPI, settings: Settings, specs: dict[str, Model
         raise UnknownModel(name, list(svc.specs))
 
 
-def _record(row: dict[str, Any]) -> PredictionRecord:
+def _record(row: Mapping[str, Any]) -> PredictionRecord:
     return PredictionRecord.model_validate({**row, "id": str(row["id"])})
 
 

@@ -19,7 +19,8 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
-from mlapi.models.spec import ModelSpec, Value
+from mlapi.contract import Value
+from mlapi.models.spec import ModelSpec
 
 # Types an artifact may contain beyond skops' defaults; anything else is refused at load.
 TRUSTED_TYPES = [

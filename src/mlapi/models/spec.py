@@ -44,8 +44,8 @@ class Feature(BaseModel):
         if self.kind == "category":
             assert self.values, f"category feature {self.name} has no values"
             return Literal[tuple(self.values)]
-        if self.kind == "flag":
-            return Literal[0, 1]
+        if self.kind == "flag":  # a strict int: JSON true/false and 1.0 are wrong types here
+            return Annotated[int, Field(ge=0, le=1, strict=True, json_schema_extra={"enum": [0, 1]})]
         base = int if self.integer else float
         return Annotated[
             base, Field(ge=self.minimum, le=self.maximum, allow_inf_nan=False, description=self.description)
@@ -99,11 +99,9 @@ class ModelSpec(BaseModel):
             f.name: (f.annotation(), Field(description=f.description, examples=[f.example])) for f in self.features
         }
         title = "".join(part.capitalize() for part in self.name.replace("_", "-").split("-")) + "Sample"
-        return create_model(  # type: ignore[call-overload,no-any-return]
-            title,
-            __config__=ConfigDict(extra="forbid", strict=True, json_schema_extra={"example": self.example}),
-            **fields,
-        )
+        example: dict[str, Any] = self.example
+        config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"example": example})
+        return create_model(title, __config__=config, **fields)
 
     def warnings(self, features: dict[str, Value]) -> list[str]:
         """One message for each number outside the range seen in training."""

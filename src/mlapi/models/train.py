@@ -47,7 +47,7 @@ def _number(name: str, frame: pd.DataFrame, description: str, example: float, **
         minimum=0,
         training_range=(float(column.min()), float(column.max())),
         example=example,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 

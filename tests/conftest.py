@@ -1,0 +1,189 @@
+"""Shared fixtures: a real Redis-compatible server and a real PostgreSQL for the session, and real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mlapi import queue
+from mlapi.models.runtime import LoadedModel
+from mlapi.servers import PostgresServer, RedisServer, free_port
+from mlapi.settings import PACKAGE_DIR, Settings
+from mlapi.storage.migrate import upgrade
+from mlapi.storage.repository import PredictionRepository, engine_for
+
+REGISTRY = PACKAGE_DIR / "models" / "registry"
+REPO = Path(__file__).resolve().parents[1]
+DATASET = REPO.parent / "shared" / "data" / "diabetes_prediction_dataset.csv"
+ORIGINAL_CLIENT_SAMPLE = {
+    "gender": "Male",
+    "age": 0,
+    "hypertension": 0,
+    "heart_disease": 0,
+    "smoking_history": "current",
+    "bmi": 0,
+    "HbA1c_level": 0,
+    "blood_glucose_level": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def diabetes() -> LoadedModel:
+    return LoadedModel.load(REGISTRY / "diabetes-risk")
+
+
+@pytest.fixture(scope="session")
+def iris() -> LoadedModel:
+    return LoadedModel.load(REGISTRY / "iris")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server: RedisServer, postgres_server: PostgresServer) -> Settings:
+    """Settings pointing at the session's servers, with the schema migrated."""
+    settings = Settings(redis_url=redis_server.url, database_url=postgres_server.url)
+    upgrade(settings.require_database_url())
+    return settings
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A client on an emptied server."""
+    client = queue.connect(settings.require_redis_url())
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on an emptied predictions table."""
+    engine = engine_for(settings.require_database_url())
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("TRUNCATE predictions"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def repository(engine: AsyncEngine) -> PredictionRepository:
+    return PredictionRepository(engine)
+
+
+@dataclass
+class Stack:
+    """Real `mlapi api` and `mlapi worker` processes on the session's servers."""
+
+    settings: Settings
+    env: dict[str, str]
+    log_dir: Path
+    api_port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    api: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}-{len(self.processes)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlapi", *args], env={**self.env, **(env or {})}, stdout=log, stderr=log
+        )
+        self.processes.append(process)
+        return process
+
+    def start_api(self, **env: str) -> None:
+        self.api = self.spawn("api", "api", "--port", str(self.api_port), env=env)
+        wait_until(lambda: _get(f"{self.url}/healthz") == 200, 30, "the API to start")
+
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        worker = self.spawn("worker", "worker", *args)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: _get(f"{self.url}/readyz") == 200, 60, "the API to be ready")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.log_dir.iterdir())
+
+    def stop(self) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _get(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def wait_until(condition: object, timeout_s: float, what: str) -> None:
+    """Tests only: wait for an outside process to reach a state, failing after `timeout_s`."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAPI_")}
+    env.update(
+        MLAPI_REDIS_URL=settings.require_redis_url(),
+        MLAPI_DATABASE_URL=settings.database_url or "",
+        MLAPI_LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack_factory(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]]:
+    """Builds stacks whose processes are all stopped when the module ends."""
+    made: list[Stack] = []
+
+    class ModuleStack(Stack):
+        def __init__(self, **env: str) -> None:
+            super().__init__(settings, stack_env(settings, **env), tmp_path_factory.mktemp("stack"))
+            made.append(self)
+
+    yield ModuleStack
+    for s in made:
+        s.stop()
