@@ -32,7 +32,7 @@ def random_rows(spec: ModelSpec, n: int, seed: int = 0) -> list[dict[str, Value]
             elif f.kind == "flag":
                 row[f.name] = rng.randint(0, 1)
             else:
-                low, high = f.training_range or (0.0, 100.0)
+                _, high = f.training_range or (0.0, 100.0)
                 row[f.name] = round(rng.uniform(0, high * 1.2), 2)
         rows.append(row)
     return rows
