@@ -68,15 +68,15 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                redis_binary(),
-                "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
-                "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "no",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        with (self.data_dir / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    redis_binary(),
+                    "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
+                    "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "no",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         _wait_for_port(self.port, "the Redis-compatible server", self.process, 15)
         return self
 

@@ -98,7 +98,10 @@ class PredictionRepository:
         t = predictions.c
         query = sa.select(predictions).order_by(t.created_at.desc(), t.id.desc()).limit(limit + 1)
         if after is not None:
-            query = query.where(sa.tuple_(t.created_at, t.id) < sa.tuple_(after.created_at, after.id))
+            query = query.where(
+                sa.tuple_(t.created_at, t.id)
+                < sa.tuple_(sa.literal(after.created_at, t.created_at.type), sa.literal(after.id, t.id.type))
+            )
         if filters.model is not None:
             query = query.where(t.model == filters.model)
         if filters.since is not None:

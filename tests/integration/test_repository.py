@@ -1,0 +1,90 @@
+"""The history on a real PostgreSQL: idempotent writes, keyset paging, filters, migrations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mlapi.storage.repository import Cursor, Filters, InvalidCursor, PredictionRepository
+from mlapi.storage.tables import metadata
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def row(n: int, created_at: datetime | None = None, model: str = "diabetes-risk", **change: Any) -> dict[str, Any]:
+    return {
+        "id": str(uuid.UUID(int=n)),
+        "model": model,
+        "model_version": "1",
+        "status": "done",
+        "features": {"age": n},
+        "prediction": n % 2,
+        "label": ["no", "yes"][n % 2],
+        "probability": 0.9,
+        "probabilities": {"no": 0.1, "yes": 0.9},
+        "warnings": [],
+        "error": None,
+        "created_at": created_at or T0 + timedelta(seconds=n),
+        "completed_at": T0,
+        **change,
+    }
+
+
+async def test_writes_are_idempotent(repository: PredictionRepository) -> None:
+    await repository.add([row(1), row(2)])
+    await repository.add([row(2, prediction=1, label="changed"), row(3)])
+    page, _ = await repository.page(Filters(), 10)
+    assert [r["id"] for r in page] == [str(uuid.UUID(int=n)) for n in (3, 2, 1)]
+    assert page[1]["label"] == "no"  # the first write wins; a redelivery changes nothing
+
+
+async def test_get_returns_the_row_with_json_intact(repository: PredictionRepository) -> None:
+    await repository.add([row(5, warnings=["bmi high"])])
+    got = await repository.get(str(uuid.UUID(int=5)))
+    assert got is not None
+    assert got["features"] == {"age": 5} and got["warnings"] == ["bmi high"]
+    assert await repository.get(str(uuid.UUID(int=6))) is None
+
+
+async def test_keyset_pages_cover_every_row_once_even_with_equal_timestamps(repository: PredictionRepository) -> None:
+    await repository.add([row(n, created_at=T0 + timedelta(seconds=n // 3)) for n in range(1, 12)])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await repository.page(Filters(), 4, cursor)
+        seen += [r["id"] for r in page]
+        if cursor is None:
+            break
+    assert len(seen) == 11 and len(set(seen)) == 11
+    keys = [(r["created_at"], r["id"]) for r in (await repository.page(Filters(), 100))[0]]
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_filters(repository: PredictionRepository) -> None:
+    await repository.add([row(n) for n in range(1, 7)] + [row(7, model="iris")])
+    assert [r["id"] for r in (await repository.page(Filters(model="iris"), 10))[0]] == [str(uuid.UUID(int=7))]
+    ones, _ = await repository.page(Filters(prediction=1, model="diabetes-risk"), 10)
+    assert {r["prediction"] for r in ones} == {1} and len(ones) == 3
+    window, _ = await repository.page(Filters(since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4)), 10)
+    assert [r["created_at"] for r in window] == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=2)]
+
+
+def test_cursors_round_trip_and_reject_garbage() -> None:
+    cursor = Cursor(T0, str(uuid.UUID(int=1)))
+    assert Cursor.decode(cursor.encode()) == cursor
+    for garbage in ("not-base64!", "bm9wZQ", "W10"):
+        with pytest.raises(InvalidCursor):
+            Cursor.decode(garbage)
+
+
+async def test_the_migrations_build_the_tables_the_code_uses(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+    assert diff == []

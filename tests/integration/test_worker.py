@@ -1,0 +1,179 @@
+"""The worker on real servers: rows committed before acknowledgement, idempotent redelivery, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mlapi import queue
+from mlapi.contract import Job, Row, decode_reply
+from mlapi.models.runtime import LoadedModel
+from mlapi.settings import WorkerSettings
+from mlapi.storage.repository import PredictionRepository
+from mlapi.worker import Worker
+from tests.unit.test_batching import Counting
+
+pytestmark = pytest.mark.integration
+MODEL = "diabetes-risk"
+REPLIES = queue.reply_stream("worker-test")
+
+
+def make_job(model: LoadedModel, rows: int = 1, **change: object) -> Job:
+    features = {**model.spec.example, **change}
+    return Job(
+        id=uuid.uuid4().hex,
+        model=MODEL,
+        rows=[Row(id=str(uuid.uuid4()), features=features) for _ in range(rows)],
+        reply_to=REPLIES,
+        created_at=datetime.now(UTC),
+    )
+
+
+def worker(redis: Redis, repository: PredictionRepository, model: object, name: str = "w1", **settings: int) -> Worker:
+    config = WorkerSettings(block_ms=50, visibility_timeout_ms=200, **settings)
+    return Worker(config, redis, repository, {MODEL: model}, consumer=name)  # type: ignore[dict-item]
+
+
+async def rows(engine: AsyncEngine) -> list[dict[str, object]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(sa.text("SELECT id::text, status, prediction, error FROM predictions ORDER BY id"))
+        return [dict(r) for r in result.mappings()]
+
+
+async def replies(redis: Redis) -> list[dict[str, object]]:
+    return [
+        {"id": r.id, "error": r.error, "results": r.results}
+        for r in (decode_reply(f[queue.FIELD]) for _, f in await redis.xrange(REPLIES))
+    ]
+
+
+async def test_a_job_is_stored_answered_and_acknowledged(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    w = worker(redis, repository, diabetes)
+    await w.start()
+    job = make_job(diabetes, rows=2)
+    await queue.enqueue(redis, job)
+    assert await w.step() == 1
+    stored = await rows(engine)
+    assert sorted(r["id"] for r in stored) == sorted(r.id for r in job.rows)
+    assert {r["status"] for r in stored} == {"done"}
+    [reply] = await replies(redis)
+    assert reply["id"] == job.id and reply["error"] is None
+    assert await redis.xpending(queue.request_stream(MODEL), queue.GROUP) == {
+        "pending": 0, "min": None, "max": None, "consumers": []
+    }  # fmt: skip
+
+
+async def test_waiting_jobs_are_predicted_in_one_batch(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    counting = Counting(diabetes)
+    w = worker(redis, repository, counting, batch_size=64)
+    await w.start()
+    for _ in range(10):
+        await queue.enqueue(redis, make_job(diabetes))
+    assert await w.step() == 10
+    assert counting.calls == [10]
+    assert len(await rows(engine)) == 10
+
+
+async def test_nothing_is_acknowledged_when_the_database_write_fails(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    w = worker(redis, repository, diabetes)
+    await w.start()
+    await queue.enqueue(redis, make_job(diabetes))
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE predictions RENAME TO predictions_away"))
+    try:
+        with pytest.raises(sa.exc.ProgrammingError):
+            await w.step()
+        assert (await redis.xpending(queue.request_stream(MODEL), queue.GROUP))["pending"] == 1
+        assert await replies(redis) == []
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE predictions_away RENAME TO predictions"))
+    await asyncio.sleep(0.25)  # past the visibility timeout: the entry is reclaimed and completed
+    w._last_claim = 0.0
+    assert await w.step() == 1
+    assert [r["status"] for r in await rows(engine)] == ["done"]
+
+
+async def test_a_redelivered_job_is_stored_once(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    """A worker that committed but died before acknowledging: the job comes again and adds no row."""
+    job = make_job(diabetes, rows=3)
+    await queue.ensure_groups(redis, [MODEL])
+    await queue.enqueue(redis, job)
+    [delivery] = await queue.read_new(redis, "crashed", [MODEL], 10, 100)
+    first = worker(redis, repository, diabetes, "crashed")
+    outcome = first.planner.plan([delivery], datetime.now(UTC))
+    await repository.add(outcome.rows)  # committed, then the process died: no reply, no ack
+    await asyncio.sleep(0.25)
+    second = worker(redis, repository, diabetes, "survivor")
+    assert await second.step() == 1
+    stored = await rows(engine)
+    assert len(stored) == 3 and {r["status"] for r in stored} == {"done"}
+    assert len(await replies(redis)) == 1
+
+
+async def test_a_poison_job_is_dead_lettered_and_the_worker_goes_on(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    w = worker(redis, repository, Counting(diabetes, poison_bmi=13.0))
+    await w.start()
+    bad, good = make_job(diabetes, bmi=13.0), make_job(diabetes)
+    await queue.enqueue(redis, bad)
+    await redis.xadd(queue.request_stream(MODEL), {queue.FIELD: b"\xff\xfe garbage"})
+    await queue.enqueue(redis, good)
+    assert await w.step() == 3
+    stored = {r["id"]: r for r in await rows(engine)}
+    assert stored[bad.rows[0].id]["status"] == "failed"
+    assert "poisoned row" in str(stored[bad.rows[0].id]["error"])
+    assert stored[good.rows[0].id]["status"] == "done"
+    dead = await redis.xrange(queue.dead_letter_stream(MODEL))
+    assert len(dead) == 2
+    by_id = {r["id"]: r for r in await replies(redis)}
+    assert by_id[bad.id]["error"] is not None and by_id[good.id]["error"] is None
+    assert (await redis.xpending(queue.request_stream(MODEL), queue.GROUP))["pending"] == 0
+
+
+async def test_a_job_that_keeps_killing_workers_is_dead_lettered(
+    redis: Redis, repository: PredictionRepository, engine: AsyncEngine, diabetes: LoadedModel
+) -> None:
+    job = make_job(diabetes)
+    await queue.ensure_groups(redis, [MODEL])
+    await queue.enqueue(redis, job)
+    await queue.read_new(redis, "victim-0", [MODEL], 10, 100)
+    for n in range(1, 3):  # every consumer that takes it "dies" without acknowledging
+        await asyncio.sleep(0.25)
+        _, [again] = await queue.claim_stale(redis, f"victim-{n}", MODEL, 200, 10)
+        assert again.deliveries == n + 1
+    await asyncio.sleep(0.25)
+    w = worker(redis, repository, diabetes, "survivor", max_deliveries=3)
+    assert await w.step() == 1
+    [row] = await rows(engine)
+    assert row["status"] == "failed" and "delivered 4 times" in str(row["error"])
+    assert len(await redis.xrange(queue.dead_letter_stream(MODEL))) == 1
+
+
+async def test_run_stops_on_the_event_and_leaves_the_group(
+    redis: Redis, repository: PredictionRepository, diabetes: LoadedModel
+) -> None:
+    w = worker(redis, repository, diabetes)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    await queue.enqueue(redis, make_job(diabetes))
+    assert await redis.xread({REPLIES: "0"}, block=5000)  # answered by the running worker
+    assert await queue.live_consumers(redis, MODEL, 1000) == 1
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert await queue.live_consumers(redis, MODEL, 1000) == 0
