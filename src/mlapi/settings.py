@@ -55,6 +55,14 @@ class WebSettings(BaseModel):
     """Port of the web UI."""
     api_url: str = "http://127.0.0.1:8000"
     """Where the web UI finds the API."""
+    api_timeout_s: float = Field(15.0, gt=0)
+    """How long the web UI waits for the API before it tells the user the API is too slow."""
+    page_size: int = Field(25, ge=1, le=500)
+    """Predictions per page of the history table."""
+    chart_window: int = Field(500, ge=1, le=500)
+    """How many of the newest predictions (matching the filters) the history charts summarise."""
+    refresh_s: float = Field(5.0, ge=0)
+    """How often an open history page refreshes itself; 0 turns live updates off."""
 
 
 class UpSettings(BaseModel):

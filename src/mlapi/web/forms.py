@@ -1,0 +1,155 @@
+"""The predict form, derived from a model's spec: one control per feature, typed values back, errors by field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlapi.models.spec import Feature, ModelSpec
+
+FLAG_OPTIONS = (("1", "Yes"), ("0", "No"))
+
+
+def feature_label(name: str) -> str:
+    """`blood_glucose_level` -> `Blood glucose level`; keeps the case of the rest (`HbA1c level`)."""
+    text = name.replace("_", " ").replace("-", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def format_number(value: float) -> str:
+    """A number as a form shows it: `54` rather than `54.0`, and no rounding."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _initial(feature: Feature) -> str:
+    value = feature.example
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int | float):
+        return format_number(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Control:
+    """What the template needs to draw one feature's input."""
+
+    name: str
+    label: str
+    kind: Literal["select", "radio", "number"]
+    hint: str
+    value: str
+    error: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    minimum: str | None = None
+    maximum: str | None = None
+    step: str = "any"
+    unit: str | None = None
+    typical: str | None = None
+    """The range seen in training, for the hint."""
+
+    @property
+    def id(self) -> str:
+        return f"f-{self.name}"
+
+    @property
+    def described_by(self) -> str:
+        ids = [f"{self.id}-hint"]
+        if self.error:
+            ids.insert(0, f"{self.id}-error")
+        return " ".join(ids)
+
+
+def _number_control(feature: Feature, value: str, error: str | None) -> Control:
+    unit = f" {feature.unit}" if feature.unit else ""
+    typical = None
+    if feature.training_range is not None:
+        low, high = feature.training_range
+        typical = f"Seen in training: {format_number(low)} to {format_number(high)}{unit}"
+    step = format_number(feature.step) if feature.step else ("1" if feature.integer else "any")
+    return Control(
+        name=feature.name, label=feature_label(feature.name), kind="number", hint=feature.description,
+        value=value, error=error, step=step, unit=feature.unit, typical=typical,
+        minimum=format_number(feature.minimum) if feature.minimum is not None else None,
+        maximum=format_number(feature.maximum) if feature.maximum is not None else None,
+    )  # fmt: skip
+
+
+def controls(
+    spec: ModelSpec, values: Mapping[str, str] | None = None, errors: Mapping[str, str] | None = None
+) -> list[Control]:
+    """One control per feature, holding `values` (as submitted) or else the spec's example."""
+    values, errors = values or {}, errors or {}
+    out = []
+    for f in spec.features:
+        value, error = values.get(f.name, _initial(f)), errors.get(f.name)
+        if f.kind == "category":
+            options = tuple((v, v) for v in f.values or ())
+            out.append(Control(f.name, feature_label(f.name), "select", f.description, value, error, options))
+        elif f.kind == "flag":
+            out.append(Control(f.name, feature_label(f.name), "radio", f.description, value, error, FLAG_OPTIONS))
+        else:
+            out.append(_number_control(f, value, error))
+    return out
+
+
+def _number(feature: Feature, raw: str) -> float | int | str | None:
+    if not raw:
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        return raw  # the API rejects it and names the field
+    if not math.isfinite(number):
+        return raw
+    if feature.integer and number.is_integer():
+        return int(number)
+    return number
+
+
+def sample_from_form(spec: ModelSpec, form: Mapping[str, str]) -> dict[str, Any]:
+    """The JSON sample for the API: typed where the text allows, left as text where it does not (the API decides)."""
+    sample: dict[str, Any] = {}
+    for f in spec.features:
+        raw = form.get(f.name, "").strip()
+        if f.kind == "number":
+            sample[f.name] = _number(f, raw)
+        elif f.kind == "flag":
+            sample[f.name] = int(raw) if raw in ("0", "1") else (raw or None)
+        else:
+            sample[f.name] = raw or None
+    return sample
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind, value = str(error.get("type", "")), error.get("input")
+    if kind == "missing" or (value is None and kind.endswith("_type")):
+        return "Enter a value."
+    if kind in ("float_type", "int_type", "float_parsing", "int_parsing"):
+        return "Enter a number." if kind.startswith("float") else "Enter a whole number."
+    msg = str(error.get("msg") or "Invalid value")
+    return msg if msg.endswith(".") else f"{msg}."
+
+
+@dataclass
+class FormErrors:
+    by_field: dict[str, str] = field(default_factory=dict)
+    general: list[str] = field(default_factory=list)
+
+
+def errors_by_field(spec: ModelSpec, errors: list[dict[str, Any]]) -> FormErrors:
+    """FastAPI's 422 `detail` as one message per named feature, and the rest as general messages."""
+    names = {f.name for f in spec.features}
+    out = FormErrors()
+    for error in errors:
+        loc = error.get("loc") or []
+        name = loc[1] if len(loc) >= 2 and loc[0] == "body" else None
+        if isinstance(name, str) and name in names:
+            out.by_field.setdefault(name, _message(error))
+        else:
+            out.general.append(str(error.get("msg") or "Invalid sample"))
+    return out
