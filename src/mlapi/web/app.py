@@ -228,6 +228,8 @@ def _filters(env: jinja2.Environment) -> None:
     def percent(value: float | None) -> str:
         if value is None:
             return "-"
+        if 0.999 <= value < 1:
+            return ">99.9%"  # never claim a certainty the model did not give
         return f"{value:.1%}" if 0 < value < 0.1 or 0.99 < value < 1 else f"{value:.0%}"
 
     def utc(value: datetime | None, seconds: bool = True) -> str:

@@ -21,6 +21,8 @@ SERIES_COLOURS = 8
 """The stylesheet defines `.series-0` .. `.series-7` (a colour-blind-safe palette)."""
 BIN_WIDTHS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
 MAX_TIME_BINS = 24
+ROW_HEIGHT = 32.0
+"""Height of one bar of a horizontal bar chart."""
 PERCENTILES = ((50, "p50"), (90, "p90"), (95, "p95"), (99, "p99"))
 
 
@@ -59,9 +61,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _svg(uid: str, title: str, summary: str, body: list[str]) -> Markup:
+def _svg(uid: str, title: str, summary: str, body: list[str], height: float = HEIGHT) -> Markup:
     return Markup(
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{uid}-t {uid}-d" '
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" aria-labelledby="{uid}-t {uid}-d" '
         f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">'
         f'<title id="{uid}-t">{escape(title)}</title><desc id="{uid}-d">{escape(summary)}</desc>'
         + "".join(body)
@@ -109,9 +111,9 @@ def class_distribution(records: Sequence[PredictionRecord]) -> Chart:
     summary = f"Of {total} predictions: " + ", ".join(
         f"{label} {counts[label]} ({counts[label] / total:.0%})" for label in labels
     )
-    row_h = min(36.0, (HEIGHT - 8) / len(labels))
-    bar_h = row_h * 0.5
-    left, right = 110, 80
+    row_h = ROW_HEIGHT
+    bar_h = row_h * 0.6
+    left, right = 110, 84
     span = WIDTH - left - right
     top = max(counts.values())
     body = []
@@ -125,7 +127,7 @@ def class_distribution(records: Sequence[PredictionRecord]) -> Chart:
         )
         value = f"{counts[label]} ({counts[label] / total:.0%})"
         body.append(_text(left + w + 6, y + bar_h / 2 + 8, value, cls="bar-value", anchor="start"))
-    return Chart(title, summary, _svg("chart-classes", title, summary, body))
+    return Chart(title, summary, _svg("chart-classes", title, summary, body, 8 + len(labels) * row_h))
 
 
 def _shorten(text: str, length: int) -> str:
@@ -186,9 +188,9 @@ def latency_percentiles(records: Sequence[PredictionRecord]) -> Chart:
         + ", ".join(f"{name} {_duration(v)}" for name, v in points)
         + "."
     )
-    left, right = 44, 70
-    row_h = (HEIGHT - 8) / len(points)
-    bar_h = row_h * 0.55
+    left, right = 44, 74
+    row_h = ROW_HEIGHT
+    bar_h = row_h * 0.6
     top = max(v for _, v in points) or 1.0
     body = []
     for i, (name, value) in enumerate(points):
@@ -197,7 +199,7 @@ def latency_percentiles(records: Sequence[PredictionRecord]) -> Chart:
         body.append(_text(left - 8, y + bar_h / 2 + 8, name, cls="bar-label", anchor="end"))
         body.append(f'<rect class="bar" x="{left}" y="{y + 4:.1f}" width="{w:.1f}" height="{bar_h:.1f}" rx="2"/>')
         body.append(_text(left + w + 6, y + bar_h / 2 + 8, _duration(value), cls="bar-value", anchor="start"))
-    return Chart(title, summary, _svg("chart-latency", title, summary, body))
+    return Chart(title, summary, _svg("chart-latency", title, summary, body, 8 + len(points) * row_h))
 
 
 def bin_width_s(span_s: float) -> int:
@@ -255,15 +257,16 @@ def predictions_over_time(records: Sequence[PredictionRecord]) -> Chart:
                 f'height="{h:.1f}"><title>{escape(_time_label(when, width))} UTC, {escape(label)}: '
                 f"{b[label]}</title></rect>"
             )
-    ticks = sorted({0, n_bins // 2, n_bins - 1})
-    for i in ticks:
+    for i, anchor in {0: "start", n_bins // 2: "middle", n_bins - 1: "end"}.items():
         when = start + timedelta(seconds=i * width)
-        parts.append(_text(PAD_LEFT + (i + 0.5) * slot, HEIGHT - PAD_BOTTOM + 16, _time_label(when, width)))
+        tick_x = {"start": PAD_LEFT + i * slot, "middle": PAD_LEFT + (i + 0.5) * slot, "end": PAD_LEFT + (i + 1) * slot}
+        parts.append(_text(tick_x[anchor], HEIGHT - PAD_BOTTOM + 16, _time_label(when, width), anchor=anchor))
     parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, f"UTC, per {_width_words(width)}", cls="axis-title"))
     end = start + timedelta(seconds=n_bins * width)
+    moment = "%Y-%m-%d %H:%M:%S" if width < 60 else "%Y-%m-%d %H:%M"
     busiest = max(range(n_bins), key=lambda i: sum(bins[i].values()))
     summary = (
-        f"{len(dated)} predictions from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
+        f"{len(dated)} predictions from {start:{moment}} to {end:{moment}} UTC "
         f"in bins of {_width_words(width)}, stacked by class ({', '.join(labels)}); the busiest bin, "
         f"{_time_label(start + timedelta(seconds=busiest * width), width)}, had {sum(bins[busiest].values())}."
     )

@@ -12,9 +12,14 @@ from mlapi.models.spec import Feature, ModelSpec
 FLAG_OPTIONS = (("1", "Yes"), ("0", "No"))
 
 
+ACRONYMS = frozenset({"bmi", "bp", "ecg", "hdl", "ldl", "id"})
+"""Words of feature names written in capitals in labels."""
+
+
 def feature_label(name: str) -> str:
     """`blood_glucose_level` -> `Blood glucose level`; keeps the case of the rest (`HbA1c level`)."""
-    text = name.replace("_", " ").replace("-", " ").strip()
+    words = [w.upper() if w.lower() in ACRONYMS else w for w in name.replace("-", "_").split("_") if w]
+    text = " ".join(words)
     return text[:1].upper() + text[1:]
 
 
