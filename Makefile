@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench
+.PHONY: venv up test lint format bench browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +17,13 @@ venv: $(STAMP)
 up: venv
 	$(BIN)/mlapi up
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The web UI's browser tests drive Debian's Chromium; Playwright never downloads a browser of its own.
+browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; }
 
 lint: venv
 	$(BIN)/ruff check .
