@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue
+from mlapi.contract import Value
 from mlapi.models.runtime import LoadedModel
 from mlapi.servers import PostgresServer, RedisServer, free_port
 from mlapi.settings import PACKAGE_DIR, Settings
@@ -26,7 +27,7 @@ from mlapi.storage.repository import PredictionRepository, engine_for
 REGISTRY = PACKAGE_DIR / "models" / "registry"
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "data" / "diabetes_prediction_dataset.csv"
-ORIGINAL_CLIENT_SAMPLE = {
+ORIGINAL_CLIENT_SAMPLE: dict[str, Value] = {
     "gender": "Male",
     "age": 0,
     "hypertension": 0,
@@ -70,6 +71,11 @@ def settings(redis_server: RedisServer, postgres_server: PostgresServer) -> Sett
     return settings
 
 
+async def entries(redis: Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """A whole stream, typed as the binary client returns it."""
+    return await redis.xrange(stream)  # type: ignore[return-value]
+
+
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     """A client on an emptied server."""
@@ -111,10 +117,10 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}-{len(self.processes)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlapi", *args], env={**self.env, **(env or {})}, stdout=log, stderr=log
-        )
+        with (self.log_dir / f"{name}-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlapi", *args], env={**self.env, **(env or {})}, stdout=log, stderr=log
+            )
         self.processes.append(process)
         return process
 
@@ -174,16 +180,20 @@ def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+StackFactory = Callable[..., Stack]
+"""Makes a Stack whose processes get the given MLAPI_* environment variables on top of the session's."""
+
+
 @pytest.fixture(scope="module")
-def stack_factory(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]]:
+def stack_factory(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
     """Builds stacks whose processes are all stopped when the module ends."""
     made: list[Stack] = []
 
-    class ModuleStack(Stack):
-        def __init__(self, **env: str) -> None:
-            super().__init__(settings, stack_env(settings, **env), tmp_path_factory.mktemp("stack"))
-            made.append(self)
+    def make(**env: str) -> Stack:
+        stack = Stack(settings, stack_env(settings, **env), tmp_path_factory.mktemp("stack"))
+        made.append(stack)
+        return stack
 
-    yield ModuleStack
-    for s in made:
-        s.stop()
+    yield make
+    for stack in made:
+        stack.stop()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from mlapi import queue
 from mlapi.contract import Job, Row, encode
+from tests.conftest import entries
 
 pytestmark = pytest.mark.integration
 MODEL = "diabetes-risk"
@@ -25,15 +27,15 @@ def job(n: int) -> Job:
     )
 
 
-async def pending(redis: Redis) -> list[dict[str, object]]:
-    return await redis.xpending_range(queue.request_stream(MODEL), queue.GROUP, "-", "+", 1000)  # type: ignore[no-any-return]
+async def pending(redis: Redis) -> list[dict[str, Any]]:
+    return await redis.xpending_range(queue.request_stream(MODEL), queue.GROUP, "-", "+", 1000)
 
 
 async def test_jobs_queued_before_any_worker_are_served(redis: Redis) -> None:
     await queue.enqueue(redis, job(1))
     await queue.ensure_groups(redis, [MODEL])
     [delivery] = await queue.read_new(redis, "w1", [MODEL], 10, 100)
-    assert delivery.job.id == "job-1"
+    assert delivery.job is not None and delivery.job.id == "job-1"
     marker = await queue.queued(redis, "00000000-0000-0000-0000-000000000001")
     assert marker is not None and marker["model"] == MODEL
 
@@ -47,7 +49,7 @@ async def test_a_read_entry_stays_pending_until_acknowledged(redis: Redis) -> No
     assert len(await pending(redis)) == 3
     await queue.finish(redis, deliveries[:2], [])
     [left] = await pending(redis)
-    assert left["message_id"].decode() == deliveries[2].entry_id  # type: ignore[attr-defined]
+    assert left["message_id"].decode() == deliveries[2].entry_id
     assert await queue.read_new(redis, "w2", [MODEL], 10, 50) == []  # not handed out twice
 
 
@@ -72,7 +74,7 @@ async def test_dead_letters_replies_and_acks_go_together(redis: Redis) -> None:
     assert bad.error is not None and bad.job is None
     await queue.finish(redis, [bad], [], [(bad, bad.error)])
     assert await pending(redis) == []
-    [(_, fields)] = await redis.xrange(queue.dead_letter_stream(MODEL))
+    [(_, fields)] = await entries(redis, queue.dead_letter_stream(MODEL))
     assert fields[b"error"].decode() == bad.error
     assert fields[b"raw:junk"] == b"\x00" and fields[b"entry_id"].decode() == bad.entry_id
 
@@ -80,19 +82,19 @@ async def test_dead_letters_replies_and_acks_go_together(redis: Redis) -> None:
 async def test_trimming_keeps_pending_and_undelivered_entries(redis: Redis) -> None:
     stream = queue.request_stream(MODEL)
     await queue.ensure_groups(redis, [MODEL])
-    await redis.execute_command("CONFIG", "SET", "stream-node-max-entries", "2")
+    await redis.config_set("stream-node-max-entries", 2)
     try:
         for n in range(6):
             await queue.enqueue(redis, job(n))
         delivered = await queue.read_new(redis, "w1", [MODEL], 4, 100)  # 0-3 delivered, 4-5 not yet
         await queue.finish(redis, [delivered[0], delivered[1], delivered[3]], [])  # 2 stays pending
         await queue.trim_acknowledged(redis, MODEL)
-        remaining = [entry_id.decode() for entry_id, _ in await redis.xrange(stream)]
+        remaining = [entry_id.decode() for entry_id, _ in await entries(redis, stream)]
         assert delivered[0].entry_id not in remaining and delivered[1].entry_id not in remaining
         assert delivered[2].entry_id in remaining
         assert len([e for e in remaining if e > delivered[3].entry_id]) == 2
     finally:
-        await redis.execute_command("CONFIG", "SET", "stream-node-max-entries", "100")
+        await redis.config_set("stream-node-max-entries", 100)
 
 
 async def test_live_consumers_counts_recent_readers_only(redis: Redis) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,11 +13,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue
-from mlapi.contract import Job, Row, decode_reply
+from mlapi.contract import Job, Row, Value, decode_reply
 from mlapi.models.runtime import LoadedModel
 from mlapi.settings import WorkerSettings
 from mlapi.storage.repository import PredictionRepository
 from mlapi.worker import Worker
+from tests.conftest import entries
 from tests.unit.test_batching import Counting
 
 pytestmark = pytest.mark.integration
@@ -24,7 +26,7 @@ MODEL = "diabetes-risk"
 REPLIES = queue.reply_stream("worker-test")
 
 
-def make_job(model: LoadedModel, rows: int = 1, **change: object) -> Job:
+def make_job(model: LoadedModel, rows: int = 1, **change: Value) -> Job:
     features = {**model.spec.example, **change}
     return Job(
         id=uuid.uuid4().hex,
@@ -40,16 +42,16 @@ def worker(redis: Redis, repository: PredictionRepository, model: object, name: 
     return Worker(config, redis, repository, {MODEL: model}, consumer=name)  # type: ignore[dict-item]
 
 
-async def rows(engine: AsyncEngine) -> list[dict[str, object]]:
+async def rows(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         result = await conn.execute(sa.text("SELECT id::text, status, prediction, error FROM predictions ORDER BY id"))
         return [dict(r) for r in result.mappings()]
 
 
-async def replies(redis: Redis) -> list[dict[str, object]]:
+async def replies(redis: Redis) -> list[dict[str, Any]]:
     return [
         {"id": r.id, "error": r.error, "results": r.results}
-        for r in (decode_reply(f[queue.FIELD]) for _, f in await redis.xrange(REPLIES))
+        for r in (decode_reply(f[queue.FIELD]) for _, f in await entries(redis, REPLIES))
     ]
 
 
@@ -139,7 +141,7 @@ async def test_a_poison_job_is_dead_lettered_and_the_worker_goes_on(
     assert stored[bad.rows[0].id]["status"] == "failed"
     assert "poisoned row" in str(stored[bad.rows[0].id]["error"])
     assert stored[good.rows[0].id]["status"] == "done"
-    dead = await redis.xrange(queue.dead_letter_stream(MODEL))
+    dead = await entries(redis, queue.dead_letter_stream(MODEL))
     assert len(dead) == 2
     by_id = {r["id"]: r for r in await replies(redis)}
     assert by_id[bad.id]["error"] is not None and by_id[good.id]["error"] is None
@@ -162,7 +164,7 @@ async def test_a_job_that_keeps_killing_workers_is_dead_lettered(
     assert await w.step() == 1
     [row] = await rows(engine)
     assert row["status"] == "failed" and "delivered 4 times" in str(row["error"])
-    assert len(await redis.xrange(queue.dead_letter_stream(MODEL))) == 1
+    assert len(await entries(redis, queue.dead_letter_stream(MODEL))) == 1
 
 
 async def test_run_stops_on_the_event_and_leaves_the_group(

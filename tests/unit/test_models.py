@@ -48,7 +48,7 @@ def test_lean_path_matches_the_pipeline(name: str, request: pytest.FixtureReques
 
 def test_predictions_carry_class_label_and_probabilities(diabetes: LoadedModel) -> None:
     high_risk = {**diabetes.spec.example, "HbA1c_level": 8.8, "blood_glucose_level": 280, "age": 70}
-    low, high = diabetes.predict([dict(ORIGINAL_CLIENT_SAMPLE), high_risk])
+    low, high = diabetes.predict([{**ORIGINAL_CLIENT_SAMPLE}, high_risk])
     assert (low.prediction, low.label) == (0, "no diabetes")
     assert (high.prediction, high.label) == (1, "diabetes")
     assert high.probability == pytest.approx(high.probabilities["diabetes"])

@@ -167,7 +167,7 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
         try:
             await queue.enqueue(svc.redis, job)
         except RedisError as e:
-            raise BrokerUnavailable(f"cannot queue the request: {e}") from e
+            raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
         ids = [r.id for r in job.rows]
         if batch:
             return _json(BatchAccepted(ids=ids).model_dump(), 202)

@@ -65,7 +65,7 @@ class ReplyDispatcher:
             try:
                 await queue.enqueue(redis, job)
             except RedisError as e:
-                raise BrokerUnavailable(f"cannot queue the request: {e}") from e
+                raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
