@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench browser
+.PHONY: venv up test lint format bench browser hey
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: lint browser
 browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; }
+
+# `make bench` runs the benchmark (docs/benchmarks.md); `make bench QUICK=1` is the short development run.
+bench: venv hey
+	$(BIN)/mlapi bench $(if $(QUICK),--quick)
+
+hey:
+	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq hey; }
 
 lint: venv
 	$(BIN)/ruff check .

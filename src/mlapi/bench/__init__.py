@@ -1,0 +1,193 @@
+"""`mlapi bench`: mlapi against the systems users would pick instead, on this machine, in one run.
+
+Each system is started on free 127.0.0.1 ports, warmed up, then loaded at each concurrency with the
+same sample for the same time; every ratio in the report comes from this one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from mlapi.bench import probes, report, systems
+from mlapi.bench.load import LoadGenerator, LoadResult, Target, ensure_hey
+from mlapi.settings import Settings
+
+SYSTEMS = ("floor", "inprocess", "mlserver", "mlapi")
+
+
+@dataclass(frozen=True)
+class Plan:
+    systems: tuple[str, ...] = SYSTEMS
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    seconds: float = 15.0
+    warmup_s: float = 3.0
+    lone_requests: int = 300
+    history_rows: tuple[int, ...] = (1_000, 1_000_000)
+    history_seconds: float = 8.0
+    history_concurrency: int = 4
+    out_dir: Path = Path("docs")
+    venv: Path = Path(".bench/mlserver-venv")
+    use_hey: bool = True
+    quick: bool = False
+    model: str = "diabetes-risk"
+
+
+@dataclass
+class Point:
+    system: str
+    result: LoadResult
+    cpu_s: dict[str, float]
+    """CPU seconds each group of the system's processes spent during the point."""
+    persisted: int | None = None
+    """History rows stored for requests accepted during the point (mlapi only)."""
+    batches: dict[int, int] | None = None
+
+
+@dataclass
+class Results:
+    plan: Plan
+    tool: str
+    started: datetime
+    machine: str
+    points: list[Point] = field(default_factory=list)
+    pipeline: list[probes.PipelineCost] = field(default_factory=list)
+    lone: probes.Breakdown | None = None
+    history: dict[int, dict[str, LoadResult]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def point(self, system: str, concurrency: int) -> Point | None:
+        return next((p for p in self.points if p.system == system and p.result.concurrency == concurrency), None)
+
+
+@contextmanager
+def _progress(label: str, seconds: float) -> Iterator[None]:
+    """A ticking line while a load runs, when a person is watching."""
+    done = threading.Event()
+
+    def tick() -> None:
+        started = time.monotonic()
+        while not done.wait(0.5):
+            print(f"\r  {label:<28} {time.monotonic() - started:5.1f} / {seconds:.0f} s", end="", flush=True)
+
+    thread = threading.Thread(target=tick, daemon=True) if sys.stdout.isatty() else None
+    if thread:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        if thread:
+            thread.join()
+            print("\r" + " " * 48 + "\r", end="", flush=True)
+
+
+def _measure(results: Results, load: LoadGenerator, running: systems.Running, concurrency: int) -> Point:
+    plan = results.plan
+    pids = running.processes
+    cpu_before = {group: probes.cpu_seconds(p) for group, p in pids.items()}
+    since = datetime.now(UTC)
+    with _progress(f"{running.name} c={concurrency}", plan.seconds):
+        result = load.run(running.target, concurrency, plan.seconds)
+    until = datetime.now(UTC)
+    cpu = {group: probes.cpu_seconds(p) - cpu_before[group] for group, p in pids.items()}
+    point = Point(running.name, result, cpu)
+    if running.database_url:
+        time.sleep(0.5)  # let requests hey abandoned at its deadline be stored before they are counted
+        point.batches = probes.batch_sizes(running.database_url, since, until + timedelta(seconds=1))
+        point.persisted = sum(size * n for size, n in point.batches.items())
+    print(report.progress_line(point), flush=True)
+    return point
+
+
+def _history(results: Results, load: LoadGenerator, running: systems.Running) -> None:
+    plan = results.plan
+    assert running.database_url is not None
+    for rows in plan.history_rows:
+        started = time.monotonic()
+
+        def filled(n: int, rows: int = rows) -> None:
+            print(f"\r  generating history rows: {n:,} / {rows:,}", end="", flush=True)
+
+        cursor = probes.fill_history(running.database_url, rows, filled)
+        print(f"\r  generated {rows:,} history rows in {time.monotonic() - started:.1f} s" + " " * 10, flush=True)
+        queries = {
+            "first page": f"{running.base_url}/predictions?limit=50",
+            "page halfway down (cursor)": f"{running.base_url}/predictions?limit=50&cursor={cursor}",
+            "first page, one model": f"{running.base_url}/predictions?limit=50&model={plan.model}",
+        }
+        results.history[rows] = {}
+        for name, url in queries.items():
+            with _progress(f"history {rows:,} rows", plan.history_seconds):
+                result = load.run(Target(url), plan.history_concurrency, plan.history_seconds)
+            results.history[rows][name] = result
+            print(f"  history {rows:>9,} rows  {name:<28} p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms"
+                  f"  errors {result.errors}", flush=True)  # fmt: skip
+
+
+def _system(name: str, plan: Plan, model_dir: Path, work: Path) -> AbstractContextManager[systems.Running]:
+    if name in ("floor", "inprocess"):
+        return systems.fastapi_baseline(name, model_dir, work)
+    if name == "mlserver":
+        return systems.mlserver_system(model_dir, work, plan.venv)
+    if name == "mlapi":
+        return systems.mlapi_stack(model_dir, work)
+    raise ValueError(f"unknown system {name!r}")
+
+
+def run(plan: Plan, settings: Settings) -> Results:
+    """Run the plan and write the report; returns what was measured."""
+    started = time.monotonic()
+    model_dir = settings.models_dir / plan.model
+    hey = ensure_hey() if plan.use_hey else None
+    load = LoadGenerator(hey, plan.out_dir)
+    machine = f"{platform.machine()}, {_cpus()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+    results = Results(plan, load.name, datetime.now(UTC), machine)
+    print(f"mlapi bench{' --quick' if plan.quick else ''}: {', '.join(plan.systems)} at c={plan.concurrencies}, "
+          f"{plan.seconds:g} s per point, load from {load.name}", flush=True)  # fmt: skip
+    results.pipeline = probes.pipeline_costs(model_dir, (1, 64), repeat=30 if plan.quick else 100)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    with TemporaryDirectory(prefix="mlapi-bench-") as tmp:
+        load.work_dir = Path(tmp)
+        for name in plan.systems:
+            work = Path(tmp) / name
+            work.mkdir()
+            print(f"starting {name} ...", flush=True)
+            with _system(name, plan, model_dir, work) as running:
+                with _progress(f"{name} warm-up", plan.warmup_s):
+                    load.run(running.target, 16, plan.warmup_s)
+                for concurrency in plan.concurrencies:
+                    results.points.append(_measure(results, load, running, concurrency))
+                if name == "mlapi":
+                    results.lone = probes.lone_requests(running.target.url, running.target.body or b"",
+                                                        plan.lone_requests)  # fmt: skip
+                    if plan.history_rows:
+                        _history(results, load, running)
+    results.seconds = time.monotonic() - started
+    print()
+    print(report.table(results))
+    report.write(results)
+    print(f"\nwrote {plan.out_dir / report.MARKDOWN} and {plan.out_dir / report.PLOT}", flush=True)
+    return results
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def run_bench(settings: Settings, *, quick: bool = False) -> None:
+    """`mlapi bench [--quick]`."""
+    plan = Plan()
+    if quick:  # a development run: short points, a smaller history, a report outside docs/
+        plan = replace(plan, seconds=4.0, warmup_s=1.0, lone_requests=100, history_rows=(1_000, 100_000),
+                       history_seconds=3.0, out_dir=Path(".bench/quick"), quick=True)  # fmt: skip
+    run(plan, settings)

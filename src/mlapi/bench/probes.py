@@ -1,0 +1,195 @@
+"""What the benchmark measures beyond req/s: CPU per process, batch sizes, the pipeline's own cost,
+where a lone request's time goes, and history reads at scale."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from mlapi.storage.repository import Cursor, engine_for
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU time of processes, from /proc (0 for a process that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+@dataclass
+class PipelineCost:
+    batch: int
+    pipeline_ms: float
+    """`pipeline.predict_proba(DataFrame)` for the whole batch, as a user calls it."""
+    lean_ms: float
+    """mlapi's `LoadedModel.predict_proba(rows)` for the whole batch."""
+
+
+def pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
+    import pandas as pd
+
+    from mlapi.models.runtime import LoadedModel
+
+    model = LoadedModel.load(model_dir)
+    sample = model.spec.example
+    out = []
+    for n in batches:
+        rows = [dict(sample) for _ in range(n)]
+        frame = pd.DataFrame(rows)
+        out.append(
+            PipelineCost(
+                batch=n,
+                pipeline_ms=_median_ms(lambda f=frame: model.pipeline.predict_proba(f), repeat),  # type: ignore[misc]
+                lean_ms=_median_ms(lambda r=rows: model.predict_proba(r), repeat),  # type: ignore[misc]
+            )
+        )
+    return out
+
+
+@dataclass
+class Breakdown:
+    """Medians over sequential lone requests, in milliseconds, from the client and `Server-Timing`."""
+
+    requests: int
+    client_ms: float
+    total_ms: float
+    queue_ms: float
+    predict_ms: float
+    store_ms: float
+    batch_rows: float
+
+    @property
+    def api_and_reply_ms(self) -> float:
+        """Parsing, validation, the reply's way back and the response: the total less the worker's parts."""
+        return self.total_ms - self.queue_ms - self.predict_ms - self.store_ms
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key == "dur":
+                out[name] = float(value)
+            elif key == "desc" and name == "batch":
+                out[name] = float(value.strip('"').split()[0])
+    return out
+
+
+def lone_requests(url: str, body: bytes, n: int) -> Breakdown:
+    timings: list[dict[str, float]] = []
+    client: list[float] = []
+    with httpx.Client(timeout=10.0) as http:
+        for _ in range(n):
+            started = time.perf_counter()
+            response = http.post(url, content=body, headers={"Content-Type": "application/json"})
+            client.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            timings.append(parse_server_timing(response.headers.get("server-timing", "")))
+
+    def median(key: str) -> float:
+        return statistics.median(t.get(key, float("nan")) for t in timings)
+
+    return Breakdown(
+        requests=n, client_ms=statistics.median(client), total_ms=median("total"), queue_ms=median("queue"),
+        predict_ms=median("predict"), store_ms=median("store"), batch_rows=median("batch"),
+    )  # fmt: skip
+
+
+async def _fetch(database_url: str, query: str, **params: Any) -> list[sa.Row[Any]]:
+    engine = engine_for(database_url)
+    try:
+        async with engine.connect() as conn:
+            return list(await conn.execute(sa.text(query), params))
+    finally:
+        await engine.dispose()
+
+
+def batch_sizes(database_url: str, since: datetime, until: datetime) -> dict[int, int]:
+    """How many batches of each size the workers stored for requests accepted in the window.
+
+    A worker stamps every row of a batch with one `completed_at`, so grouping by it recovers the batches.
+    """
+    records = asyncio.run(
+        _fetch(
+            database_url,
+            "SELECT n, count(*) AS batches FROM (SELECT count(*) AS n FROM predictions"
+            " WHERE created_at >= :since AND created_at < :until GROUP BY completed_at) b GROUP BY n ORDER BY n",
+            since=since,
+            until=until,
+        )
+    )
+    return {int(r.n): int(r.batches) for r in records}
+
+
+_GENERATE = """
+INSERT INTO predictions (id, model, model_version, status, features, prediction, label, probability,
+                         probabilities, warnings, error, created_at, completed_at)
+SELECT gen_random_uuid(), 'diabetes-risk', '1', 'done',
+       jsonb_build_object('gender', (ARRAY['Female', 'Male'])[1 + i % 2], 'age', 20 + i % 60,
+                          'hypertension', i % 7 / 6, 'heart_disease', i % 11 / 10, 'smoking_history', 'never',
+                          'bmi', 20 + (i % 150) / 10.0, 'HbA1c_level', 4 + (i % 50) / 10.0,
+                          'blood_glucose_level', 80 + i % 200),
+       (i % 10 = 0)::int, CASE WHEN i % 10 = 0 THEN 'diabetes' ELSE 'no diabetes' END, 0.9,
+       CASE WHEN i % 10 = 0 THEN '{"no diabetes": 0.1, "diabetes": 0.9}'::jsonb
+            ELSE '{"no diabetes": 0.9, "diabetes": 0.1}'::jsonb END,
+       '[]'::jsonb, NULL, t, t
+FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i,
+     LATERAL (SELECT now() - i * interval '10 ms' AS t) AS ts
+"""
+
+
+async def _fill(database_url: str, rows: int, progress: Callable[[int], None]) -> str:
+    """Make the table hold `rows` generated rows; returns the cursor of the page halfway down."""
+    engine = engine_for(database_url)
+    try:
+        async with engine.begin() as conn:
+            have = int((await conn.execute(sa.text("SELECT count(*) FROM predictions"))).scalar_one())
+            if have > rows:
+                await conn.execute(sa.text("TRUNCATE predictions"))
+                have = 0
+        chunk = 200_000
+        for first in range(have + 1, rows + 1, chunk):
+            last = min(rows, first + chunk - 1)
+            async with engine.begin() as conn:
+                await conn.execute(sa.text(_GENERATE), {"first": first, "last": last})
+            progress(last)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("ANALYZE predictions"))
+            query = "SELECT created_at, id FROM predictions ORDER BY created_at DESC, id DESC OFFSET :n LIMIT 1"
+            middle = (await conn.execute(sa.text(query), {"n": rows // 2})).one()
+        return Cursor(middle.created_at, str(middle.id)).encode()
+    finally:
+        await engine.dispose()
+
+
+def fill_history(database_url: str, rows: int, progress: Callable[[int], None]) -> str:
+    return asyncio.run(_fill(database_url, rows, progress))

@@ -1,0 +1,354 @@
+"""The benchmark's outputs: a progress line per point, the console table, `benchmarks.md` and its plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlapi.bench import Point, Results
+
+MARKDOWN = "benchmarks.md"
+PLOT = "benchmarks.png"
+
+LABELS = {
+    "floor": "bare FastAPI floor",
+    "inprocess": "FastAPI + pipeline in-process",
+    "mlserver": "MLServer, adaptive batching",
+    "mlapi": "mlapi (API, 2 workers, Redis, PostgreSQL)",
+}
+DESCRIPTIONS = {
+    "floor": "FastAPI validating the body with the model's pydantic schema and answering a constant; "
+    "uvicorn with uvloop and httptools, one process. The most a FastAPI service can do here.",
+    "inprocess": "FastAPI calling `pipeline.predict_proba(pd.DataFrame([sample]))` in a plain `def` endpoint "
+    "(FastAPI's thread pool), one process: how a model is usually served.",
+    "mlserver": "MLServer 1.7 with `mlserver-sklearn`, the same pipeline exported with joblib, adaptive batching "
+    "on (32 rows / 2 ms), `parallel_workers: 0`; in its own venv. The request is the V2 inference protocol "
+    "with the pandas codec (one input per column, `predict_proba` requested): the same sample, another shape.",
+    "mlapi": "`mlapi up` as shipped: the API, two workers, Redis-compatible server and PostgreSQL; every "
+    "prediction is written to the history before it is answered.",
+}
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) or math.isinf(value) else f"{value:.2f}x"
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
+
+
+def progress_line(point: Point) -> str:
+    r = point.result
+    extra = ""
+    if point.persisted is not None:
+        extra = f"  rows stored {point.persisted:,} for {r.ok:,} answers"
+    return (f"  {point.system:<10} c={r.concurrency:<3} {r.rps:8,.0f} req/s  p50 {_ms(r.p50_ms):>6} ms  "
+            f"p99 {_ms(r.p99_ms):>6} ms  errors {r.errors}{extra}")  # fmt: skip
+
+
+def _rows(results: Results) -> list[list[str]]:
+    rows = []
+    for p in results.points:
+        r = p.result
+        rows.append([LABELS.get(p.system, p.system), str(r.concurrency), f"{r.rps:,.0f}", _ms(r.p50_ms),
+                     _ms(r.p99_ms), f"{r.errors:,}"])  # fmt: skip
+    return rows
+
+
+RESULT_HEADER = ["system", "c", "req/s", "p50 ms", "p99 ms", "errors"]
+
+
+def _ratios(results: Results) -> list[list[str]]:
+    rows = []
+    for other in [s for s in results.plan.systems if s != "mlapi"]:
+        for c in results.plan.concurrencies:
+            mine, theirs = results.point("mlapi", c), results.point(other, c)
+            if mine is None or theirs is None:
+                continue
+            rows.append([LABELS[other], str(c), _ratio(_div(mine.result.rps, theirs.result.rps)),
+                         _ratio(_div(mine.result.p50_ms, theirs.result.p50_ms)),
+                         _ratio(_div(mine.result.p99_ms, theirs.result.p99_ms))])  # fmt: skip
+    return rows
+
+
+RATIO_HEADER = ["mlapi vs", "c", "throughput", "p50", "p99"]
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    body = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in rows]  # fmt: skip
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def table(results: Results) -> str:
+    parts = [_text_table(RESULT_HEADER, _rows(results))]
+    if ratios := _ratios(results):
+        parts.append("ratios of mlapi to each (throughput: higher is better; latency: lower is better)\n"
+                     + _text_table(RATIO_HEADER, ratios))  # fmt: skip
+    if targets := _targets(results):
+        parts.append("targets\n" + "\n".join(f"  [{'met' if t.met else 'NOT met'}] {t.name}: {t.detail}"
+                                             for t in targets))  # fmt: skip
+    return "\n\n".join(parts)
+
+
+@dataclass
+class Verdict:
+    name: str
+    met: bool
+    detail: str
+
+
+def worker_ms_per_row(point: Point) -> float:
+    return _div(point.cpu_s.get("workers", float("nan")) * 1000, float(point.persisted or 0))
+
+
+def _target_mlserver(results: Results, top: int) -> Verdict | None:
+    mine, theirs = results.point("mlapi", top), results.point("mlserver", top)
+    if mine is None or theirs is None:
+        return None
+    ratio = _div(mine.result.rps, theirs.result.rps)
+    persisted = mine.persisted is not None and mine.persisted >= mine.result.ok and mine.result.errors == 0
+    met = ratio >= 2 and mine.result.p99_ms <= theirs.result.p99_ms and persisted
+    return Verdict(
+        f"c={top}: ≥ 2x MLServer's throughput, p99 no higher, every row persisted", met,
+        f"{ratio:.2f}x ({mine.result.rps:,.0f} vs {theirs.result.rps:,.0f} req/s), p99 {_ms(mine.result.p99_ms)} vs "
+        f"{_ms(theirs.result.p99_ms)} ms, {mine.persisted or 0:,} rows stored for {mine.result.ok:,} answers, "
+        f"{mine.result.errors} errors",
+    )  # fmt: skip
+
+
+def _target_floor(results: Results, top: int) -> Verdict | None:
+    mine, floor = results.point("mlapi", top), results.point("floor", top)
+    if mine is None or floor is None:
+        return None
+    share = _div(mine.result.rps, floor.result.rps)
+    return Verdict(f"c={top}: ≥ 40 % of the bare floor's throughput", share >= 0.4,
+                   f"{share:.0%} ({mine.result.rps:,.0f} vs {floor.result.rps:,.0f} req/s)")  # fmt: skip
+
+
+def _target_lone(results: Results) -> Verdict | None:
+    mine, theirs = results.point("mlapi", 1), results.point("inprocess", 1)
+    if mine is None or theirs is None:
+        return None
+    return Verdict("c=1: p50 no higher than the in-process baseline's", mine.result.p50_ms <= theirs.result.p50_ms,
+                   f"{_ms(mine.result.p50_ms)} vs {_ms(theirs.result.p50_ms)} ms")  # fmt: skip
+
+
+def _target_cost(results: Results, top: int) -> Verdict | None:
+    mine = results.point("mlapi", top)
+    batched = next((c for c in results.pipeline if c.batch == max(x.batch for x in results.pipeline)), None)
+    if mine is None or batched is None:
+        return None
+    worker, own = worker_ms_per_row(mine), batched.pipeline_ms / batched.batch
+    return Verdict(
+        f"worker cost per row within 2x of the pipeline's own batched cost ({batched.batch} rows)",
+        worker <= 2 * own,
+        f"{worker * 1000:.0f} µs of worker CPU per row at c={top} vs {own * 1000:.0f} µs per row in "
+        f"predict_proba({batched.batch} rows) ({_ratio(_div(worker, own))})",
+    )  # fmt: skip
+
+
+def _target_history(results: Results) -> Verdict | None:
+    if len(results.history) < 2:
+        return None
+    small, large = min(results.history), max(results.history)
+    worst = max(_div(large_r.p99_ms, results.history[small][q].p99_ms) for q, large_r in results.history[large].items())
+    return Verdict(
+        f"GET /predictions p99 at {large:,} rows within 2x of its p99 at {small:,} rows", worst <= 2,
+        f"worst query {_ratio(worst)}",
+    )  # fmt: skip
+
+
+def _targets(results: Results) -> list[Verdict]:
+    top = max(results.plan.concurrencies)
+    checks: list[Callable[[], Verdict | None]] = [
+        lambda: _target_mlserver(results, top), lambda: _target_floor(results, top), lambda: _target_lone(results),
+        lambda: _target_cost(results, top), lambda: _target_history(results),
+    ]  # fmt: skip
+    return [v for check in checks if (v := check()) is not None]
+
+
+def _bins(batches: dict[int, int]) -> list[tuple[str, int]]:
+    edges = [(1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 64)]
+    out = [(f"{lo}-{hi}" if lo != hi else str(lo), sum(n for s, n in batches.items() if lo <= s <= hi))
+           for lo, hi in edges]  # fmt: skip
+    if above := sum(n for s, n in batches.items() if s > 64):
+        out.append(("> 64", above))
+    return out
+
+
+def _batch_section(results: Results) -> list[str]:
+    points = [p for p in results.points if p.system == "mlapi" and p.batches]
+    if not points:
+        return []
+    header = ["rows per batch", *(f"c={p.result.concurrency}" for p in points)]
+    binned = [_bins(p.batches or {}) for p in points]
+    rows = [[label, *(f"{b[i][1]:,}" for b in binned)] for i, (label, _) in enumerate(binned[0])]
+    means = [_div(sum(s * n for s, n in (p.batches or {}).items()), sum((p.batches or {}).values())) for p in points]
+    rows.append(["**mean rows per batch**", *(f"{m:.1f}" for m in means)])
+    return [
+        "## Batches the workers formed",
+        "",
+        "Number of batches of each size, for the requests accepted during each point. A worker stamps every "
+        "row of a batch with one `completed_at`, so the stored history itself gives the batches.",
+        "",
+        _md_table(header, rows),
+        "",
+    ]
+
+
+def _cost_section(results: Results) -> list[str]:
+    lines = ["## Worker cost per row", ""]
+    rows = [[f"pipeline.predict_proba(DataFrame), {c.batch} row(s)", f"{c.pipeline_ms:.2f}",
+             f"{c.pipeline_ms / c.batch * 1000:.0f}"] for c in results.pipeline]  # fmt: skip
+    rows += [[f"LoadedModel.predict_proba (mlapi's path), {c.batch} row(s)", f"{c.lean_ms:.2f}",
+              f"{c.lean_ms / c.batch * 1000:.0f}"] for c in results.pipeline]  # fmt: skip
+    for p in results.points:
+        if p.system == "mlapi" and p.persisted:
+            per_row = worker_ms_per_row(p)
+            what = f"mlapi worker CPU, all of it (decode, validate, predict, store, reply), c={p.result.concurrency}"
+            rows.append([what, "-", f"{per_row * 1000:.0f}"])
+    lines += [
+        "The pipeline's own cost is the median wall time of one call in the benchmark process. The worker's "
+        "cost is the CPU time both worker processes spent during the point divided by the rows they stored.",
+        "",
+        _md_table(["what", "ms per call", "µs per row"], rows),
+        "",
+    ]
+    return lines
+
+
+def _lone_section(results: Results) -> list[str]:
+    b = results.lone
+    if b is None:
+        return []
+    rows = [
+        ["client round trip (httpx)", _ms(b.client_ms)],
+        ["API total (`Server-Timing: total`)", _ms(b.total_ms)],
+        ["  accepted → taken by a worker (`queue`: enqueue, stream wake-up)", f"{b.queue_ms:.2f}"],
+        ["  predict (`predict`)", f"{b.predict_ms:.2f}"],
+        ["  commit to PostgreSQL (`store`)", f"{b.store_ms:.2f}"],
+        ["  API: parse, validate, reply stream, response (the rest)", f"{b.api_and_reply_ms:.2f}"],
+        ["rows in the batch (`batch`)", f"{b.batch_rows:.0f}"],
+    ]
+    return [
+        "## Where a lone request's time goes",
+        "",
+        f"Medians of {b.requests} sequential requests, from the `Server-Timing` header the API returns.",
+        "",
+        _md_table(["part", "ms"], rows),
+        "",
+    ]
+
+
+def _history_section(results: Results) -> list[str]:
+    if not results.history:
+        return []
+    rows = []
+    for n, queries in sorted(results.history.items()):
+        for name, r in queries.items():
+            rows.append([f"{n:,}", name, _ms(r.p50_ms), _ms(r.p99_ms), f"{r.rps:,.0f}", f"{r.errors}"])
+    plan = results.plan
+    return [
+        "## History at scale",
+        "",
+        f"`GET /predictions?limit=50` against a table holding each number of rows, generated directly into "
+        f"PostgreSQL; {plan.history_seconds:g} s per query at c={plan.history_concurrency}.",
+        "",
+        _md_table(["rows stored", "query", "p50 ms", "p99 ms", "req/s", "errors"], rows),
+        "",
+    ]
+
+
+def markdown(results: Results) -> str:
+    plan = results.plan
+    command = "make bench QUICK=1" if plan.quick else "make bench"
+    targets = _targets(results)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{command}` (`mlapi bench{' --quick' if plan.quick else ''}`) on "
+        f"{results.started:%Y-%m-%d %H:%M} UTC in {results.seconds / 60:.0f} min; {results.machine}. "
+        f"Load from {results.tool} on the same machine, against 127.0.0.1, {plan.seconds:g} s per point after a "
+        f"{plan.warmup_s:g} s warm-up, the same 8-field diabetes sample for every system.",
+        "",
+        "The machine is small and shared, and the load generator competes with the servers for its cores: "
+        "absolute numbers move by tens of percent between runs. **The ratios, all from this one run, are what "
+        "to read.** Latency percentiles are as the load tool reports them.",
+        "",
+        f"![throughput and p99 against concurrency]({PLOT})",
+        "",
+        _md_table(RESULT_HEADER, _rows(results)),
+        "",
+        "## mlapi relative to each, same run",
+        "",
+        "Throughput: above 1x is better. Latency: below 1x is better.",
+        "",
+        _md_table(RATIO_HEADER, _ratios(results)),
+        "",
+        "## Targets",
+        "",
+        *(f"- {'✅ met' if t.met else '❌ not met'}: {t.name}: {t.detail}." for t in targets),
+        "",
+        *_batch_section(results),
+        *_cost_section(results),
+        *_lone_section(results),
+        *_history_section(results),
+        "## The systems",
+        "",
+        *(f"- **{LABELS[s]}**: {DESCRIPTIONS[s]}" for s in plan.systems),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: Results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system in results.plan.systems:
+        points = sorted((p for p in results.points if p.system == system), key=lambda p: p.result.concurrency)
+        if not points:
+            continue
+        cs = [p.result.concurrency for p in points]
+        style = {"linewidth": 2.5} if system == "mlapi" else {"linewidth": 1.5}
+        left.plot(cs, [p.result.rps for p in points], marker="o", label=LABELS[system], **style)
+        right.plot(cs, [p.result.p99_ms for p in points], marker="o", label=LABELS[system], **style)
+    for ax, title, unit in ((left, "Throughput", "requests / s"), (right, "p99 latency", "ms (log scale)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(results.plan.concurrencies), [str(c) for c in results.plan.concurrencies])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    fig.suptitle(f"mlapi bench, {results.started:%Y-%m-%d}, {results.machine.split(', Linux')[0]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(results.plan.out_dir / PLOT, dpi=110)
+    plt.close(fig)
+
+
+def write(results: Results) -> None:
+    (results.plan.out_dir / MARKDOWN).write_text(markdown(results))
+    plot(results)

@@ -1,0 +1,131 @@
+"""The four systems under test, each started on free 127.0.0.1 ports and stopped when its block ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from mlapi.bench import mlserver
+from mlapi.bench.load import Target
+from mlapi.models.spec import ModelSpec
+from mlapi.servers import PostgresServer, RedisServer, free_port
+from mlapi.storage.migrate import upgrade
+
+READY_TIMEOUT_S = 120.0
+MLAPI_WORKERS = 2
+
+
+@dataclass
+class Running:
+    """A started system: where to send its load, and the processes whose CPU time is reported."""
+
+    name: str
+    target: Target
+    base_url: str
+    processes: dict[str, list[int]] = field(default_factory=dict)
+    database_url: str | None = None
+
+
+def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], what: str) -> None:
+    """Start-up only: poll the readiness URL of servers we just launched."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for p in processes:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what} exited with code {p.returncode} during start-up")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready at {url} within {READY_TIMEOUT_S:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+@contextmanager
+def fastapi_baseline(kind: str, model_dir: Path, work: Path) -> Iterator[Running]:
+    port = free_port()
+    process = _spawn([sys.executable, "-m", "mlapi.bench.baselines", kind, str(port), str(model_dir)],
+                     work / f"{kind}.log")  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{base}/openapi.json", [process], f"the {kind} baseline")
+        body = json.dumps(ModelSpec.read(model_dir).example).encode()
+        yield Running(kind, Target(f"{base}/predict", body), base, {"server": [process.pid]})
+    finally:
+        _stop([process])
+
+
+@contextmanager
+def mlserver_system(model_dir: Path, work: Path, venv: Path) -> Iterator[Running]:
+    executable = mlserver.ensure_venv(venv)
+    ports = (free_port(), free_port(), free_port())
+    folder = mlserver.export_model(model_dir, work / "mlserver-model", ports)
+    process = _spawn([str(executable), "start", str(folder)], work / "mlserver.log")
+    spec = ModelSpec.read(model_dir)
+    try:
+        base = f"http://127.0.0.1:{ports[0]}"
+        _wait_ready(f"{base}/v2/models/{spec.name}/ready", [process], "MLServer")
+        target = Target(f"{base}/v2/models/{spec.name}/infer", mlserver.v2_body(spec, spec.example))
+        yield Running("mlserver", target, base, {"server": [process.pid]})
+    finally:
+        _stop([process])
+
+
+@contextmanager
+def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
+    """What `mlapi up` runs: the API, two workers, Redis and PostgreSQL, in a throwaway data dir."""
+    with ExitStack() as stack:
+        redis = RedisServer(work / "redis", free_port()).start()
+        stack.callback(redis.stop)
+        postgres = PostgresServer(work / "postgres", free_port()).start()
+        stack.callback(postgres.stop)
+        api_port = free_port()
+        env = {
+            **os.environ,
+            "MLAPI_REDIS_URL": redis.url,
+            "MLAPI_DATABASE_URL": postgres.url,
+            "MLAPI_MODELS_DIR": str(model_dir.parent),
+            "MLAPI_API__PORT": str(api_port),
+            "MLAPI_LOG_LEVEL": "WARNING",
+        }
+        database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")
+        upgrade(database_url)
+        command = [sys.executable, "-m", "mlapi"]
+        api = _spawn([*command, "api"], work / "api.log", env)
+        workers = [_spawn([*command, "worker"], work / f"worker-{i + 1}.log", env) for i in range(MLAPI_WORKERS)]
+        children = [api, *workers]
+        stack.callback(_stop, children)
+        base = f"http://127.0.0.1:{api_port}"
+        _wait_ready(f"{base}/readyz", children, "the mlapi stack")
+        body = json.dumps(ModelSpec.read(model_dir).example).encode()
+        yield Running(
+            "mlapi", Target(f"{base}/predict", body), base,
+            {"api": [api.pid], "workers": [w.pid for w in workers]}, database_url,
+        )  # fmt: skip
