@@ -23,7 +23,7 @@ GROUP = "mlapi-workers"
 FIELD = b"d"
 """The one field of a stream entry: the msgpack-encoded message."""
 QUEUED_TTL_S = 24 * 3600
-"""How long a queued prediction id is remembered for `GET /predictions/{id}` before it is done."""
+"""How long a queued prediction id is remembered for `GET /predictions/{id}`; removed once it is stored."""
 REPLY_MAXLEN = 10_000
 REPLY_TTL_S = 3600
 """A reply stream outlives its API process by this long at most."""
@@ -171,6 +171,8 @@ async def finish(
         by_stream: dict[str, list[str]] = {}
         for d in acks:
             by_stream.setdefault(request_stream(d.model), []).append(d.entry_id)
+        if done := [queued_key(row.id) for d in acks if d.job for row in d.job.rows]:
+            pipe.delete(*done)  # the history row answers for them now
         for stream, ids in by_stream.items():
             pipe.xack(stream, GROUP, *ids)
         await pipe.execute()

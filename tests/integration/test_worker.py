@@ -68,6 +68,7 @@ async def test_a_job_is_stored_answered_and_acknowledged(
     assert {r["status"] for r in stored} == {"done"}
     [reply] = await replies(redis)
     assert reply["id"] == job.id and reply["error"] is None
+    assert await queue.queued(redis, job.rows[0].id) is None  # the history row answers for it now
     assert await redis.xpending(queue.request_stream(MODEL), queue.GROUP) == {
         "pending": 0, "min": None, "max": None, "consumers": []
     }  # fmt: skip
