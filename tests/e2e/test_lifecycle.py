@@ -1,0 +1,53 @@
+"""Process lifecycle: a worker stops cleanly on SIGTERM; losing the broker fails waiting requests at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from mlapi import queue
+from mlapi.servers import RedisServer, free_port
+from tests.conftest import StackFactory, wait_until
+
+pytestmark = pytest.mark.e2e
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def test_sigterm_stops_a_worker_cleanly_and_it_leaves_the_group(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.start_api()
+    worker = stack.start_worker()
+    stack.wait_ready()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == ["no live worker for diabetes-risk"]
+
+
+def test_losing_the_broker_fails_waiting_requests_with_their_ids(stack_factory: StackFactory, tmp_path: Path) -> None:
+    broker = RedisServer(tmp_path / "redis", free_port()).start()
+    try:
+        stack = stack_factory(MLAPI_REDIS_URL=broker.url, MLAPI_API__REQUEST_TIMEOUT_S="60")
+        stack.start_api()
+        queued = redis.Redis.from_url(broker.url)
+        with httpx.Client(base_url=stack.url, timeout=30) as client:  # no iris worker: the request waits
+            answers: list[httpx.Response] = []
+            waiter = threading.Thread(target=lambda: answers.append(client.post("/models/iris/predict", json=IRIS)))
+            waiter.start()
+            wait_until(lambda: queued.xlen(queue.request_stream("iris")) == 1, 10, "the request to be queued")
+            queued.close()
+            broker.stop()
+            waiter.join(20)
+            assert not waiter.is_alive()
+            [response] = answers
+            assert response.status_code == 503
+            assert "lost the broker" in response.json()["detail"] and "id" in response.json()
+    finally:
+        broker.stop()
