@@ -42,11 +42,11 @@ def _fmt(value: float) -> str:
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at or above `value` (at least 1): the top of a readable axis."""
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k at or above `value` (at least 1): a readable axis top."""
     if value <= 1:
         return 1.0
     magnitude = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if value <= step * magnitude:
             return float(step * magnitude)
     return float(10 * magnitude)  # pragma: no cover - the loop always returns
@@ -63,7 +63,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def _svg(uid: str, title: str, summary: str, body: list[str], height: float = HEIGHT) -> Markup:
     return Markup(
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" aria-labelledby="{uid}-t {uid}-d" '
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" '
+        f'aria-labelledby="{uid}-t" aria-describedby="{uid}-d" '
         f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">'
         f'<title id="{uid}-t">{escape(title)}</title><desc id="{uid}-d">{escape(summary)}</desc>'
         + "".join(body)
@@ -154,8 +155,8 @@ def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -
             f'<rect class="bar" x="{x + 1:.1f}" y="{HEIGHT - PAD_BOTTOM - h:.1f}" width="{bar_w - 2:.1f}" '
             f'height="{h:.1f}"><title>{low:.0%} to {high:.0%}: {n}</title></rect>'
         )
-    for fraction in (0, 0.5, 1):
-        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, f"{fraction:.0%}"))
+    for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
+        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, f"{fraction:.0%}", anchor=anchor))
     parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, "probability of the predicted class", cls="axis-title"))
     confident = sum(1 for p in values if p >= 0.9)
     summary = (
@@ -167,7 +168,7 @@ def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -
 
 
 def latency_ms(record: PredictionRecord) -> float | None:
-    """From the request's arrival to the stored answer."""
+    """From the request's arrival at the API to the worker's answer, as the history records them."""
     if record.created_at is None or record.completed_at is None:
         return None
     return max(0.0, (record.completed_at - record.created_at).total_seconds() * 1000)
@@ -184,7 +185,7 @@ def latency_percentiles(records: Sequence[PredictionRecord]) -> Chart:
         return Chart(title, "No completed predictions to show yet.", None)
     points = [(name, percentile(values, q)) for q, name in PERCENTILES] + [("max", max(values))]
     summary = (
-        f"Time from request to stored answer over {len(values)} predictions: "
+        f"Time from request to answer over {len(values)} predictions: "
         + ", ".join(f"{name} {_duration(v)}" for name, v in points)
         + "."
     )

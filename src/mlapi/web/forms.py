@@ -96,7 +96,8 @@ def controls(
             options = tuple((v, v) for v in f.values or ())
             out.append(Control(f.name, feature_label(f.name), "select", f.description, value, error, options))
         elif f.kind == "flag":
-            out.append(Control(f.name, feature_label(f.name), "radio", f.description, value, error, FLAG_OPTIONS))
+            hint = "Yes if " + f.description[5:] if f.description.startswith("1 if ") else f.description
+            out.append(Control(f.name, feature_label(f.name), "radio", hint, value, error, FLAG_OPTIONS))
         else:
             out.append(_number_control(f, value, error))
     return out

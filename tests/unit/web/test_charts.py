@@ -18,7 +18,7 @@ def parse(chart: charts.Chart) -> ET.Element:
     title, desc = root.find(f"{SVG}title"), root.find(f"{SVG}desc")
     assert title is not None and title.text == chart.title
     assert desc is not None and desc.text == chart.summary
-    assert root.get("aria-labelledby") == f"{title.get('id')} {desc.get('id')}"
+    assert (root.get("aria-labelledby"), root.get("aria-describedby")) == (title.get("id"), desc.get("id"))
     return root
 
 
@@ -81,7 +81,12 @@ def test_time_bins_stay_few(span: float, width: int) -> None:
 
 
 def test_helpers() -> None:
-    assert charts.nice_ceiling(0) == 1 and charts.nice_ceiling(7) == 10 and charts.nice_ceiling(21) == 25
+    assert (
+        charts.nice_ceiling(0) == 1
+        and charts.nice_ceiling(7) == 8
+        and charts.nice_ceiling(21) == 25
+        and charts.nice_ceiling(51) == 60
+    )
     assert charts.percentile([1, 2, 3, 4], 50) == 2.5
     assert charts.percentile([5], 99) == 5
     later = record(0)

@@ -32,6 +32,7 @@ def test_one_fitting_control_per_feature_prefilled_with_the_example() -> None:
     assert by_name["hypertension"].kind == "radio"
     assert by_name["hypertension"].options == (("1", "Yes"), ("0", "No"))
     assert by_name["hypertension"].value == "0"
+    assert by_name["hypertension"].hint == "Yes if the patient has hypertension"  # the spec says "1 if ..."
     age = by_name["age"]
     assert (age.kind, age.value, age.minimum, age.maximum, age.step, age.unit) == (
         "number", "54", "0", None, "0.1", "years"

@@ -1,0 +1,189 @@
+"""The web UI in a real browser against the real API: predict, a field's error, the history, charts, live updates."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from mlapi.servers import free_port
+from tests.e2e.web.conftest import PAGE_SIZE, SCREENSHOTS, Web, start_web
+
+pytestmark = pytest.mark.e2e
+ID = re.compile(r"/predictions/([0-9a-f-]{36})$")
+
+
+def iris(i: int) -> dict[str, Any]:
+    """Samples spread over the three species, a few outside the training range."""
+    kind = i % 3
+    return {
+        "sepal_length": [5.0, 6.0, 6.7][kind] + (i % 5) / 10,
+        "sepal_width": [3.4, 2.8, 3.0][kind],
+        "petal_length": [1.5, 4.4, 5.6][kind] + (i % 4) / 5,
+        "petal_width": [0.2, 1.4, 2.2][kind] + (0.5 if i % 11 == 0 else 0),
+    }
+
+
+def predict_in_form(page: Page, **values: str) -> str:
+    """Fill in the diabetes-risk form already open, submit it with Enter, and return the id of the answer."""
+    for label, value in values.items():
+        page.get_by_label(label).fill(value)
+    page.get_by_label("Blood glucose level").press("Enter")
+    link = page.locator(".result a[href^='/predictions/']")
+    expect(link).to_be_visible()
+    match = ID.search(link.get_attribute("href") or "")
+    assert match, "the answer links to its history entry"
+    return match[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def history(web: Web) -> None:
+    """Some history for the charts: batches a second apart, so predictions over time has more than one bar."""
+    with web.api() as api:
+        for batch in range(4):
+            response = api.post("/models/iris/predict", json={"instances": [iris(batch * 12 + i) for i in range(12)]})
+            assert response.status_code == 200, response.text
+            if batch < 3:
+                time.sleep(1)  # spreads the timestamps; nothing waits on this
+
+
+def test_the_form_predicts_and_shows_how_sure_the_model_is(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/")
+    expect(page).to_have_title(re.compile("Predict with diabetes-risk"))
+    expect(page.get_by_label("Model", exact=True)).to_have_value("diabetes-risk")
+    expect(page.get_by_label("Age")).to_have_value("54")  # the spec's example
+    expect(page.get_by_label("Gender")).to_have_value("Female")
+    page.get_by_role("group", name="Hypertension").get_by_label("Yes").check()
+    page.get_by_label("Smoking history").select_option("former")
+    # 85 is past the oldest age seen in training: the answer comes with a warning.
+    values = {"Age": "85", "BMI": "33.4", "HbA1c level": "6.2", "Blood glucose level": "155"}
+    prediction_id = predict_in_form(page, **values)
+
+    result = page.locator(".result")
+    expect(result).to_be_focused()
+    expect(result.locator(".verdict-label")).to_have_text(re.compile(r"^(no diabetes|diabetes)$"))
+    expect(result.locator(".confidence")).to_have_text(re.compile(r"Probability (>?\d+(\.\d)?%)"))
+    expect(result.get_by_role("table", name="Probability of every class").locator("tbody tr")).to_have_count(2)
+    expect(result.locator(".latency")).to_contain_text(re.compile(r"Answered in [\d.]+ (ms|s) \(API"))
+    expect(result.locator(".notice-warning")).to_contain_text("age=85 is outside the training range [0.08, 80]")
+    expect(page.get_by_label("Age")).to_have_value("85")
+    page.screenshot(path=SCREENSHOTS / "predict.png", full_page=True)
+
+    result.get_by_role("link", name=prediction_id).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(prediction_id)
+    expect(page.locator("dl.facts")).to_contain_text("done")
+    expect(page.get_by_role("row", name=re.compile("Age 85"))).to_be_visible()
+
+
+def test_an_invalid_value_is_shown_at_its_field(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/predict")
+    page.get_by_label("Age").fill("-5")
+    page.get_by_role("button", name="Predict").click()
+    error = page.locator("#f-age-error")
+    expect(error).to_have_text(re.compile("greater than or equal to 0"))
+    expect(page.get_by_label("Age")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Age")).to_have_value("-5")
+    summary = page.get_by_role("alert").filter(has_text="did not accept")
+    expect(summary).to_be_focused()
+    summary.get_by_role("link", name=re.compile("^Age:")).click()
+    expect(page.get_by_label("Age")).to_be_focused()
+    expect(page.locator(".result")).to_have_count(0)
+
+
+def test_the_form_follows_the_chosen_models_spec(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/predict")
+    page.get_by_label("Model", exact=True).select_option("iris")
+    page.get_by_role("button", name="Use this model").click()
+    expect(page.get_by_label("Petal width")).to_have_value("0.2")
+    expect(page.get_by_label("Gender")).to_have_count(0)
+    page.get_by_label("Petal width").fill("1.8")
+    page.get_by_label("Petal length").fill("5.5")
+    page.get_by_label("Petal length").press("Enter")
+    expect(page.locator(".result .verdict-label")).to_have_text("virginica")
+
+
+def test_by_keyboard_alone(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/predict")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "f-age":
+            break
+    expect(page.get_by_label("Age")).to_be_focused()
+    page.keyboard.type("12")  # the field's text is selected on focus by Tab
+    page.keyboard.press("Enter")
+    expect(page.locator(".result")).to_be_focused()
+
+
+def test_the_history_shows_the_new_prediction_and_charts(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/predict")
+    prediction_id = predict_in_form(page, Age="45")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="History").click()
+    expect(page).to_have_title(re.compile("History"))
+    expect(page.locator(f'tr[data-id="{prediction_id}"]')).to_be_visible()
+    expect(page.locator("table.history tbody tr")).to_have_count(PAGE_SIZE)
+
+    charts = page.locator("figure.chart-card")
+    expect(charts).to_have_count(4)
+    for i in range(4):
+        chart = charts.nth(i)
+        expect(chart.get_by_role("img")).to_be_visible()
+        assert chart.locator("rect").count() >= 2, chart.inner_text()
+    expect(charts.first.get_by_role("img")).to_have_accessible_name(re.compile("Predictions over time"))
+    expect(page.get_by_role("list", name="Colours")).to_contain_text("virginica")
+    page.screenshot(path=SCREENSHOTS / "history.png", full_page=True)
+
+    page.get_by_role("link", name="Older predictions").click()
+    expect(page.locator(f'tr[data-id="{prediction_id}"]')).to_have_count(0)
+    expect(page.locator("table.history tbody tr").first).to_be_visible()
+
+
+def test_the_history_filters_by_model_and_class(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/history")
+    page.get_by_label("Model", exact=True).select_option("iris")
+    page.get_by_role("button", name="Apply").click()
+    page.get_by_label("Predicted class", exact=True).select_option(label="virginica")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"model=iris&prediction=2"))
+    rows = page.locator("table.history tbody tr")
+    expect(rows.first).to_be_visible()
+    for text in rows.all_inner_texts():
+        assert "iris" in text and "virginica" in text
+
+
+def test_the_history_updates_by_itself(page: Page, web: Web) -> None:
+    page.goto(f"{web.url}/history")
+    expect(page.get_by_label(re.compile("Update by itself"))).to_be_checked()
+    with web.api() as api:
+        new_id = api.post("/models/iris/predict", json=iris(7)).json()["id"]
+    expect(page.locator(f'tr[data-id="{new_id}"]')).to_be_visible(timeout=10_000)
+    expect(page.get_by_role("status")).to_contain_text("Updated")
+
+
+def test_readable_on_a_phone(browser: Browser, web: Web) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        for path in ("/predict", "/history"):
+            page.goto(f"{web.url}{path}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, f"{path} scrolls sideways on a phone ({width} px)"
+        page.goto(f"{web.url}/predict")
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator(".result .verdict-label")).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "predict-phone.png", full_page=True)
+    finally:
+        context.close()
+
+
+def test_an_api_that_is_down_is_explained(page: Page, web: Web) -> None:
+    dead = start_web(web.stack, f"http://127.0.0.1:{free_port()}")
+    for path in ("/predict", "/history"):
+        response = page.goto(f"{dead}{path}")
+        assert response is not None and response.status == 503
+        expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
+        expect(page.get_by_role("link", name="try again")).to_be_visible()
