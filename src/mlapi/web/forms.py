@@ -137,6 +137,14 @@ def _message(error: Mapping[str, Any]) -> str:
         return "Enter a value."
     if kind in ("float_type", "int_type", "float_parsing", "int_parsing"):
         return "Enter a number." if kind.startswith("float") else "Enter a whole number."
+    ctx = error.get("ctx") or {}
+    bounds = {"greater_than_equal": ("ge", "Enter {} or more."), "less_than_equal": ("le", "Enter {} or less."),
+              "greater_than": ("gt", "Enter more than {}."), "less_than": ("lt", "Enter less than {}.")}  # fmt: skip
+    if kind in bounds and isinstance(ctx.get(bounds[kind][0]), int | float):
+        key, template = bounds[kind]
+        return template.format(format_number(ctx[key]))
+    if kind == "literal_error":
+        return "Choose one of the options."
     msg = str(error.get("msg") or "Invalid value")
     return msg if msg.endswith(".") else f"{msg}."
 

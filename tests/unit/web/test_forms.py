@@ -68,9 +68,14 @@ def test_api_errors_are_mapped_to_their_fields() -> None:
         {"loc": ["body", "age"], "type": "greater_than_equal", "msg": "Input should be greater than or equal to 0"},
         {"loc": ["body", "age"], "type": "other", "msg": "second error of the same field"},
         {"loc": ["body", "bmi"], "type": "float_type", "msg": "Input should be a valid number", "input": None},
+        {"loc": ["body", "HbA1c_level"], "type": "greater_than_equal", "msg": "ignored", "ctx": {"ge": 0.0}},
+        {"loc": ["body", "gender"], "type": "literal_error", "msg": "Input should be 'Female', 'Male' or 'Other'"},
         {"loc": ["body", "bmi_typo"], "type": "extra_forbidden", "msg": "Extra inputs are not permitted"},
         {"loc": ["body"], "type": "model_type", "msg": "Input should be an object"},
     ]
     mapped = errors_by_field(DIABETES, errors)
-    assert mapped.by_field == {"age": "Input should be greater than or equal to 0.", "bmi": "Enter a value."}
+    assert mapped.by_field == {
+        "age": "Input should be greater than or equal to 0.", "bmi": "Enter a value.",
+        "HbA1c_level": "Enter 0 or more.", "gender": "Choose one of the options.",
+    }  # fmt: skip
     assert mapped.general == ["Extra inputs are not permitted", "Input should be an object"]
