@@ -119,12 +119,17 @@ class Worker:
 
 async def run_worker(settings: Settings) -> None:
     """`mlapi worker`: load the models, then serve until SIGTERM or SIGINT."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
     from mlapi.models.runtime import LoadedModel
     from mlapi.models.spec import read_registry
     from mlapi.storage.repository import engine_for
 
     names = settings.worker.models or list(read_registry(settings.models_dir))
     models = {name: LoadedModel.load(settings.models_dir / name) for name in names}
+    # One OpenMP thread per worker: processes are the unit of parallelism here, and a predict of a few rows
+    # spread over every core waits at OpenMP barriers whenever another process holds a core.
+    threadpool_limits(1)
     redis = queue.connect(settings.require_redis_url(), read_timeout_s=settings.worker.block_ms / 1000 + 5)
     engine = engine_for(settings.require_database_url())
     stop = asyncio.Event()
