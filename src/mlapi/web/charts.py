@@ -52,6 +52,12 @@ def nice_ceiling(value: float) -> float:
     return float(10 * magnitude)  # pragma: no cover - the loop always returns
 
 
+def count_ceiling(value: int) -> float:
+    """An axis top for counts whose half-way line is a whole number too (never 7.5 predictions)."""
+    top = nice_ceiling(value)
+    return nice_ceiling(top + 1) if top % 2 else top
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (`q` in 0..100) of a non-empty sequence."""
     ordered = sorted(values)
@@ -143,7 +149,7 @@ def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -
     counts = [0] * bins
     for p in values:
         counts[min(bins - 1, max(0, int(p * bins)))] += 1
-    top = nice_ceiling(max(counts))
+    top = count_ceiling(max(counts))
     parts, plot_h = _y_axis(top)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
     bar_w = plot_w / bins
@@ -238,7 +244,7 @@ def predictions_over_time(records: Sequence[PredictionRecord]) -> Chart:
     bins: list[Counter[str]] = [Counter() for _ in range(n_bins)]
     for r, stamp in zip(dated, stamps, strict=True):
         bins[math.floor(stamp / width) - first][r.label or ""] += 1
-    top = nice_ceiling(max(sum(b.values()) for b in bins))
+    top = count_ceiling(max(sum(b.values()) for b in bins))
     parts, plot_h = _y_axis(top)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
     slot = plot_w / max(n_bins, 1)

@@ -87,6 +87,7 @@ def test_helpers() -> None:
         and charts.nice_ceiling(21) == 25
         and charts.nice_ceiling(51) == 60
     )
+    assert [charts.count_ceiling(n) for n in (1, 3, 5, 12, 50, 51)] == [2, 4, 6, 20, 50, 60]
     assert charts.percentile([1, 2, 3, 4], 50) == 2.5
     assert charts.percentile([5], 99) == 5
     later = record(0)
