@@ -71,7 +71,8 @@ class Services:
     dispatcher: ReplyDispatcher
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     return request.state.services  # type: ignore[no-any-return]
 
 
