@@ -23,6 +23,9 @@ from mlapi.storage.migrate import upgrade
 
 READY_TIMEOUT_S = 120.0
 MLAPI_WORKERS = 2
+# Every system predicts single-threaded, as mlapi's workers limit themselves to: with OpenMP's default of a
+# thread per core, a one-row predict on a busy machine waits at OpenMP barriers for tens of milliseconds.
+SINGLE_THREADED = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -65,14 +68,15 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 @contextmanager
 def fastapi_baseline(kind: str, model_dir: Path, work: Path) -> Iterator[Running]:
     port = free_port()
     process = _spawn([sys.executable, "-m", "mlapi.bench.baselines", kind, str(port), str(model_dir)],
-                     work / f"{kind}.log")  # fmt: skip
+                     work / f"{kind}.log", SINGLE_THREADED)  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(f"{base}/openapi.json", [process], f"the {kind} baseline")
@@ -87,7 +91,7 @@ def mlserver_system(model_dir: Path, work: Path, venv: Path) -> Iterator[Running
     executable = mlserver.ensure_venv(venv)
     ports = (free_port(), free_port(), free_port())
     folder = mlserver.export_model(model_dir, work / "mlserver-model", ports)
-    process = _spawn([str(executable), "start", str(folder)], work / "mlserver.log")
+    process = _spawn([str(executable), "start", str(folder)], work / "mlserver.log", SINGLE_THREADED)
     spec = ModelSpec.read(model_dir)
     try:
         base = f"http://127.0.0.1:{ports[0]}"
