@@ -161,7 +161,7 @@ def test_the_history_updates_by_itself(page: Page, web: Web) -> None:
     with web.api() as api:
         new_id = api.post("/models/iris/predict", json=iris(7)).json()["id"]
     expect(page.locator(f'tr[data-id="{new_id}"]')).to_be_visible(timeout=10_000)
-    expect(page.get_by_role("status")).to_contain_text("Updated")
+    expect(page.get_by_role("status")).to_contain_text("New predictions shown")
 
 
 def test_readable_on_a_phone(browser: Browser, web: Web) -> None:

@@ -51,8 +51,11 @@ function enhanceHistory(root) {
       const doc = new DOMParser().parseFromString(await response.text(), "text/html");
       const fresh = doc.getElementById("live");
       if (response.ok && fresh) {
-        if (fresh.dataset.version !== live.dataset.version) live.replaceWith(fresh);
-        status.textContent = "Updated " + new Date().toLocaleTimeString();
+        // Speak only when something changed: a status read out every few seconds is noise.
+        if (fresh.dataset.version !== live.dataset.version) {
+          live.replaceWith(fresh);
+          status.textContent = "New predictions shown at " + new Date().toLocaleTimeString();
+        }
       } else {
         status.textContent = "The history could not be refreshed; retrying.";
       }
