@@ -126,7 +126,7 @@ async def predict_page(request: Request) -> Response:
             log.warning("prediction with %s failed: %s", spec.name, e.message)
     context = {
         "nav": "predict", "models": models, "spec": spec, "controls": controls(spec, values, errors.by_field),
-        "errors": errors, "answer": answer, "problem": problem, "submitted": request.method == "POST",
+        "errors": errors, "answer": answer, "problem": problem,
     }  # fmt: skip
     return render(request, "predict.html", context, status)
 
@@ -146,9 +146,7 @@ def _class_options(models: list[ModelSummary], model: ModelSummary | None) -> li
 
 
 def _query(params: QueryParams, **changes: str | None) -> str:
-    merged = {k: v for k, v in {**dict(params), **changes}.items() if v not in (None, "")}
-    merged.pop("partial", None)
-    return urlencode(merged)
+    return urlencode({k: v for k, v in {**dict(params), **changes}.items() if v not in (None, "")})
 
 
 async def history_page(request: Request) -> Response:
@@ -159,10 +157,10 @@ async def history_page(request: Request) -> Response:
     prediction = _int_or_none(params.get("prediction"))
     cursor = params.get("cursor") or None
     client = api(request)
-    filters = {"model": model.name if model else None, "prediction": prediction}
+    name = model.name if model else None
     page, window = await asyncio.gather(
-        client.predictions(settings.web.page_size, cursor, **filters),  # type: ignore[arg-type]
-        client.predictions(settings.web.chart_window, None, **filters),  # type: ignore[arg-type]
+        client.predictions(settings.web.page_size, cursor, name, prediction),
+        client.predictions(settings.web.chart_window, None, name, prediction),
     )
     newest = page.items[0].id if page.items else ""
     context = {
