@@ -86,7 +86,7 @@ def test_an_invalid_value_is_shown_at_its_field(page: Page, web: Web) -> None:
     expect(error).to_have_text(re.compile("Enter 0 or more"))
     expect(page.get_by_label("Age")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("Age")).to_have_value("-5")
-    summary = page.get_by_role("alert").filter(has_text="did not accept")
+    summary = page.get_by_role("alert").filter(has_text="Some values need correcting")
     expect(summary).to_be_focused()
     summary.get_by_role("link", name=re.compile("^Age:")).click()
     expect(page.get_by_label("Age")).to_be_focused()

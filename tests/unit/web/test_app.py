@@ -38,6 +38,7 @@ async def test_the_form_is_built_from_the_default_models_spec(web: httpx.AsyncCl
     assert 'value="54"' in age[0] and 'step="0.1"' in age[0] and 'min="0"' in age[0]
     assert 'aria-describedby="f-age-hint"' in age[0]
     assert '<label class="field-label" for="f-age">Age <span class="unit">(years)</span></label>' in html
+    assert "On 20,000 held-out rows it scored ROC AUC 0.979" in html
     assert "novalidate" in html and '<button type="submit" class="button-primary">Predict</button>' in html
 
 
@@ -86,6 +87,7 @@ async def test_a_422_is_shown_next_to_the_field_it_names(web: httpx.AsyncClient,
     assert '<a href="#f-age">Age: Input should be greater than or equal to 0.</a>' in html
     assert html.count('class="field-error"') == 1
     assert "<title>Error: " in html
+    assert "Some values need correcting" in html
 
 
 @pytest.mark.parametrize(
