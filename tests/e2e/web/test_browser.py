@@ -187,3 +187,21 @@ def test_an_api_that_is_down_is_explained(page: Page, web: Web) -> None:
         assert response is not None and response.status == 503
         expect(page.get_by_role("alert")).to_contain_text("cannot be reached")
         expect(page.get_by_role("link", name="try again")).to_be_visible()
+
+
+def test_without_javascript(browser: Browser, web: Web) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(f"{web.url}/predict?model=iris")
+        page.get_by_label("Petal length").fill("4.5")
+        page.get_by_label("Petal width").fill("1.4")
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator(".result .verdict-label")).to_have_text("versicolor")
+        page.get_by_label("Petal width").fill("")
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator("#f-petal_width-error")).to_contain_text("Enter a value")
+        page.goto(f"{web.url}/history")
+        expect(page.locator("figure.chart-card svg.chart")).to_have_count(4)
+    finally:
+        context.close()
