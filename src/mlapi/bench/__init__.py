@@ -6,6 +6,7 @@ same sample for the same time; every ratio in the report comes from this one run
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -147,6 +148,8 @@ def _system(name: str, plan: Plan, model_dir: Path, work: Path) -> AbstractConte
 def run(plan: Plan, settings: Settings) -> Results:
     """Run the plan and write the report; returns what was measured."""
     started = time.monotonic()
+    for noisy in ("httpx", "alembic"):  # one line per readiness probe and migration step drowns the table
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
     model_dir = settings.models_dir / plan.model
     hey = ensure_hey() if plan.use_hey else None
     load = LoadGenerator(hey, plan.out_dir)

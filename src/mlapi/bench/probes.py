@@ -53,6 +53,14 @@ class PipelineCost:
 
 
 def pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
+    """Single-threaded, as every system under test predicts."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(1):
+        return _pipeline_costs(model_dir, batches, repeat)
+
+
+def _pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
     import pandas as pd
 
     from mlapi.models.runtime import LoadedModel
