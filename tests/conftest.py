@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,11 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue
 from mlapi.contract import Value
-from mlapi.models.runtime import LoadedModel
 from mlapi.servers import PostgresServer, RedisServer, free_port
 from mlapi.settings import PACKAGE_DIR, Settings
 from mlapi.storage.migrate import upgrade
 from mlapi.storage.repository import PredictionRepository, engine_for
+
+if TYPE_CHECKING:  # the model libraries are not in every service's image; only model tests load them
+    from mlapi.models.runtime import LoadedModel
 
 REGISTRY = PACKAGE_DIR / "models" / "registry"
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +44,15 @@ ORIGINAL_CLIENT_SAMPLE: dict[str, Value] = {
 
 @pytest.fixture(scope="session")
 def diabetes() -> LoadedModel:
+    from mlapi.models.runtime import LoadedModel
+
     return LoadedModel.load(REGISTRY / "diabetes-risk")
 
 
 @pytest.fixture(scope="session")
 def iris() -> LoadedModel:
+    from mlapi.models.runtime import LoadedModel
+
     return LoadedModel.load(REGISTRY / "iris")
 
 

@@ -25,8 +25,8 @@ class ApiSettings(BaseModel):
     """Model served by `POST /predict`."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser (the web UI's own origin)."""
-    reply_block_ms: int = Field(5000, ge=100)
-    """How long one read of the reply stream blocks before it is issued again."""
+    reply_block_ms: int = Field(1000, ge=100)
+    """How long one read of the reply stream blocks before it is issued again; bounds shutdown time."""
 
 
 class WorkerSettings(BaseModel):

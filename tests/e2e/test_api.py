@@ -47,7 +47,10 @@ def done(client: httpx.Client, prediction_id: str) -> dict[str, Any]:
 def test_hello_docs_and_models(client: httpx.Client) -> None:
     hello = client.get("/").json()
     assert hello["links"]["docs"] == "/docs"
-    assert "swagger-ui" in client.get("/docs").text
+    docs = client.get("/docs").text
+    assert "swagger-ui" in docs and "cdn." not in docs  # served locally: works without internet
+    bundle = next(part.split('"')[0] for part in docs.split('src="')[1:] if "swagger-ui-bundle" in part)
+    assert client.get(bundle).status_code == 200
     openapi = client.get("/openapi.json").json()
     body = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     sample = body["oneOf"][0]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
-def test_sigterm_stops_a_worker_cleanly_and_it_leaves_the_group(stack_factory: StackFactory) -> None:
+def test_sigterm_stops_a_worker_and_the_api_cleanly(stack_factory: StackFactory) -> None:
     stack = stack_factory()
     stack.start_api()
     worker = stack.start_worker()
@@ -29,6 +29,9 @@ def test_sigterm_stops_a_worker_cleanly_and_it_leaves_the_group(stack_factory: S
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["reasons"] == ["no live worker for diabetes-risk"]
+    assert stack.api is not None
+    stack.api.send_signal(signal.SIGTERM)
+    stack.api.wait(10)  # raises if the API hangs in shutdown
 
 
 def test_losing_the_broker_fails_waiting_requests_with_their_ids(stack_factory: StackFactory, tmp_path: Path) -> None:

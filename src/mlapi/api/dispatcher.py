@@ -41,14 +41,20 @@ class ReplyDispatcher:
         self._redis = queue.connect(redis_url, read_timeout_s=block_ms / 1000 + 5)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read(), name="reply-reader")
 
     async def stop(self) -> None:
+        """Let the reader finish its blocking read rather than cancel it: redis-py under uvloop can hang
+        forever when a read in progress is cancelled."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.block_ms / 1000 + 2)
+            except TimeoutError:
+                self._task.cancel()
         self._fail_all(BrokerUnavailable("the API is shutting down"))
         await self._redis.aclose()
 
@@ -84,7 +90,7 @@ class ReplyDispatcher:
     async def _read(self) -> None:
         last_id = "0-0"
         backoff = 0.0
-        while True:
+        while not self._stopping:
             try:
                 response = await self._redis.xread({self.stream: last_id}, count=1000, block=self.block_ms)
                 backoff = 0.0
