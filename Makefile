@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench browser hey containers kubernetes
+.PHONY: venv up test lint format bench browser hey screenshots containers kubernetes
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ up: venv
 
 test: lint browser
 	$(BIN)/pytest
+
+# The browser tests, writing the README's screenshots to docs/screenshots.
+screenshots: venv browser
+	MLAPI_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/e2e/web
 
 # The web UI's browser tests drive Debian's Chromium; Playwright never downloads a browser of its own.
 browser:

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -158,7 +158,7 @@ class Planner:
         for d, job in zip(batch, jobs, strict=True):
             mine = predictions[offset : offset + len(job.rows)]
             offset += len(job.rows)
-            self._succeed(outcome, predictor, d, job, mine, elapsed_ms, len(predictions), now)
+            self._succeed(outcome, predictor, d, job, mine, elapsed_ms, len(predictions))
 
     def _guarded_predict(self, outcome: Outcome, predictor: Predictor, d: queue.Delivery, now: datetime) -> None:
         assert d.job is not None
@@ -169,15 +169,16 @@ class Planner:
             self._fail(outcome, d, f"prediction failed: {type(e).__name__}: {e}", now)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._succeed(outcome, predictor, d, d.job, predictions, elapsed_ms, len(predictions), now)
+        self._succeed(outcome, predictor, d, d.job, predictions, elapsed_ms, len(predictions))
 
     def _succeed(
         self, outcome: Outcome, predictor: Predictor, d: queue.Delivery, job: Job,
-        predictions: Sequence[Prediction], predict_ms: float, batch_rows: int, now: datetime,
+        predictions: Sequence[Prediction], predict_ms: float, batch_rows: int,
     ) -> None:  # fmt: skip
         version = predictor.spec.version
+        predicted_at = datetime.now(UTC)  # completed_at - created_at then spans queue and model time
         for row, p in zip(job.rows, predictions, strict=True):
-            outcome.rows.append(_history_row(job, version, row.id, row.features, now, p, None))
+            outcome.rows.append(_history_row(job, version, row.id, row.features, predicted_at, p, None))
         results = [_result(row.id, p) for row, p in zip(job.rows, predictions, strict=True)]
         outcome.answers.append(Answer(job, results, predict_ms=predict_ms, batch_rows=batch_rows))
         outcome.acks.append(d)
