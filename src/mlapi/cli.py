@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlapi.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +48,10 @@ def main(argv: list[str] | None = None) -> None:
 
         run_up(settings)
     elif args.command == "api":
-        from mlapi.api.app import run_api
+        from mlapi.api.app import create_app
 
         settings.api = settings.api.model_copy(update=_given(args, "host", "port"))
-        run_api(settings)
+        _serve(create_app(settings), settings.api.host, settings.api.port, settings)
     elif args.command == "worker":
         from mlapi.worker import run_worker
 
@@ -55,10 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             settings.worker = settings.worker.model_copy(update={"models": args.model})
         asyncio.run(run_worker(settings))
     elif args.command == "web":
-        from mlapi.web import run_web
+        from mlapi.web import create_app as create_web
 
         settings.web = settings.web.model_copy(update=_given(args, "host", "port"))
-        run_web(settings)
+        _serve(create_web(settings), settings.web.host, settings.web.port, settings)
     elif args.command == "migrate":
         from mlapi.storage.migrate import upgrade
 
@@ -72,6 +76,15 @@ def main(argv: list[str] | None = None) -> None:
         from mlapi.bench import run_bench
 
         run_bench(settings, quick=args.quick)
+
+
+def _serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
+    """Serve an ASGI app with uvicorn (uvloop and httptools where installed)."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5
+    )
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:

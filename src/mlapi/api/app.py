@@ -414,13 +414,3 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["Content-Type"])  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     return app
-
-
-def run_api(settings: Settings) -> None:
-    """`mlapi api`: serve with uvicorn (uvloop and httptools where installed)."""
-    import uvicorn
-
-    uvicorn.run(
-        create_app(settings), host=settings.api.host, port=settings.api.port,
-        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5,
-    )  # fmt: skip

@@ -3,6 +3,6 @@
 Pages are rendered on the server; the browser reaches the API only through this service.
 """
 
-from mlapi.web.app import create_app, run_web
+from mlapi.web.app import create_app
 
-__all__ = ["create_app", "run_web"]
+__all__ = ["create_app"]

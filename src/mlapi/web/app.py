@@ -278,13 +278,3 @@ def create_app(settings: Settings, api_transport: httpx.AsyncBaseTransport | Non
     app.state.templates = Jinja2Templates(env=env)
     app.add_middleware(SecurityHeaders)
     return app
-
-
-def run_web(settings: Settings) -> None:
-    """`mlapi web`: serve the UI with uvicorn."""
-    import uvicorn
-
-    uvicorn.run(
-        create_app(settings), host=settings.web.host, port=settings.web.port,
-        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5,
-    )  # fmt: skip
