@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ class Plan:
     lone_requests: int = 300
     history_rows: tuple[int, ...] = (1_000, 1_000_000)
     history_seconds: float = 8.0
-    history_concurrency: int = 4
+    history_concurrency: int = 1
     out_dir: Path = Path("docs")
     venv: Path = Path(".bench/mlserver-venv")
     use_hey: bool = True
@@ -52,6 +52,13 @@ class Point:
     persisted: int | None = None
     """History rows stored for requests accepted during the point (mlapi only)."""
     batches: dict[int, int] | None = None
+    """Requests of the batch probe by the number of rows in the batch they were predicted in (mlapi only)."""
+    probe_ok: int = 0
+    """Answered requests of the batch probe, stored beside the load's."""
+
+    @property
+    def answered(self) -> int:
+        return self.result.ok + self.probe_ok
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Results:
     lone: probes.Breakdown | None = None
     history: dict[int, dict[str, LoadResult]] = field(default_factory=dict)
     seconds: float = 0.0
+    load_before: str = field(default_factory=lambda: f"{os.getloadavg()[0]:.1f}")
+    """Load average when the run began: how busy the shared machine was."""
 
     def point(self, system: str, concurrency: int) -> Point | None:
         return next((p for p in self.points if p.system == system and p.result.concurrency == concurrency), None)
@@ -95,17 +104,25 @@ def _progress(label: str, seconds: float) -> Iterator[None]:
 def _measure(results: Results, load: LoadGenerator, running: systems.Running, concurrency: int) -> Point:
     plan = results.plan
     pids = running.processes
+    # mlapi reports each request's batch in Server-Timing, which hey discards: a paced probe collects it.
+    # At c=1 there is one request in flight, so every batch is one row and the probe would only add load.
+    probe = None
+    if running.database_url and concurrency > 1:
+        probe = probes.BatchProbe(running.target.url, running.target.body or b"")
     cpu_before = {group: probes.cpu_seconds(p) for group, p in pids.items()}
     since = datetime.now(UTC)
-    with _progress(f"{running.name} c={concurrency}", plan.seconds):
+    with _progress(f"{running.name} c={concurrency}", plan.seconds), probe or nullcontext():
         result = load.run(running.target, concurrency, plan.seconds)
     until = datetime.now(UTC)
     cpu = {group: probes.cpu_seconds(p) - cpu_before[group] for group, p in pids.items()}
     point = Point(running.name, result, cpu)
+    if probe is not None:
+        point.batches, point.probe_ok = probe.histogram(), len(probe.sizes)
+    elif running.database_url:
+        point.batches = {1: result.ok}
     if running.database_url:
         time.sleep(0.5)  # let requests hey abandoned at its deadline be stored before they are counted
-        point.batches = probes.batch_sizes(running.database_url, since, until + timedelta(seconds=1))
-        point.persisted = sum(size * n for size, n in point.batches.items())
+        point.persisted = probes.stored_rows(running.database_url, since, until + timedelta(seconds=1))
     print(report.progress_line(point), flush=True)
     return point
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,13 +34,14 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / _TICKS
 
 
-def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+def _median_cpu_ms(fn: Callable[[], object], repeat: int) -> float:
+    """CPU time, like the workers' cost it is compared with; wall time on a shared machine measures the neighbours."""
     fn()
     times = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = time.thread_time()
         fn()
-        times.append((time.perf_counter() - started) * 1000)
+        times.append((time.thread_time() - started) * 1000)
     return statistics.median(times)
 
 
@@ -47,9 +49,9 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 class PipelineCost:
     batch: int
     pipeline_ms: float
-    """`pipeline.predict_proba(DataFrame)` for the whole batch, as a user calls it."""
+    """CPU time of `pipeline.predict_proba(DataFrame)` for the whole batch, as a user calls it."""
     lean_ms: float
-    """mlapi's `LoadedModel.predict_proba(rows)` for the whole batch."""
+    """CPU time of mlapi's `LoadedModel.predict_proba(rows)` for the whole batch."""
 
 
 def pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
@@ -74,8 +76,8 @@ def _pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> lis
         out.append(
             PipelineCost(
                 batch=n,
-                pipeline_ms=_median_ms(lambda f=frame: model.pipeline.predict_proba(f), repeat),  # type: ignore[misc]
-                lean_ms=_median_ms(lambda r=rows: model.predict_proba(r), repeat),  # type: ignore[misc]
+                pipeline_ms=_median_cpu_ms(lambda f=frame: model.pipeline.predict_proba(f), repeat),  # type: ignore[misc]
+                lean_ms=_median_cpu_ms(lambda r=rows: model.predict_proba(r), repeat),  # type: ignore[misc]
             )
         )
     return out
@@ -141,21 +143,61 @@ async def _fetch(database_url: str, query: str, **params: Any) -> list[sa.Row[An
         await engine.dispose()
 
 
-def batch_sizes(database_url: str, since: datetime, until: datetime) -> dict[int, int]:
-    """How many batches of each size the workers stored for requests accepted in the window.
-
-    A worker stamps every row of a batch with one `completed_at`, so grouping by it recovers the batches.
-    """
+def stored_rows(database_url: str, since: datetime, until: datetime) -> int:
+    """History rows of the requests the API accepted in the window."""
     records = asyncio.run(
         _fetch(
             database_url,
-            "SELECT n, count(*) AS batches FROM (SELECT count(*) AS n FROM predictions"
-            " WHERE created_at >= :since AND created_at < :until GROUP BY completed_at) b GROUP BY n ORDER BY n",
+            "SELECT count(*) AS n FROM predictions WHERE created_at >= :since AND created_at < :until",
             since=since,
             until=until,
         )
     )
-    return {int(r.n): int(r.batches) for r in records}
+    return int(records[0].n)
+
+
+class BatchProbe:
+    """Sends a paced trickle of requests beside the load and keeps the batch size each was predicted in.
+
+    The sizes come from the `Server-Timing` header, so they are the requests' view: how many rows shared
+    the predict call of a request, weighted by request rather than by batch.
+    """
+
+    def __init__(self, url: str, body: bytes, interval_s: float = 0.05) -> None:
+        self.url, self.body, self.interval_s = url, body, interval_s
+        self.sizes: list[int] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BatchProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30.0) as http:
+            while not self._stop.wait(self.interval_s):  # paced like hey -q, so the probe stays a trickle
+                try:
+                    response = http.post(self.url, content=self.body, headers={"Content-Type": "application/json"})
+                except httpx.HTTPError:
+                    self.failed += 1
+                    continue
+                if response.status_code != 200:
+                    self.failed += 1
+                    continue
+                batch = parse_server_timing(response.headers.get("server-timing", "")).get("batch")
+                if batch is not None:
+                    self.sizes.append(int(batch))
+
+    def histogram(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for size in self.sizes:
+            out[size] = out.get(size, 0) + 1
+        return dict(sorted(out.items()))
 
 
 _GENERATE = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,11 +47,15 @@ def _div(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
 
 
+def _load_now() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def progress_line(point: Point) -> str:
     r = point.result
     extra = ""
     if point.persisted is not None:
-        extra = f"  rows stored {point.persisted:,} for {r.ok:,} answers"
+        extra = f"  rows stored {point.persisted:,} for {point.answered:,} answers"
     return (f"  {point.system:<10} c={r.concurrency:<3} {r.rps:8,.0f} req/s  p50 {_ms(r.p50_ms):>6} ms  "
             f"p99 {_ms(r.p99_ms):>6} ms  errors {r.errors}{extra}")  # fmt: skip
 
@@ -123,12 +128,12 @@ def _target_mlserver(results: Results, top: int) -> Verdict | None:
     if mine is None or theirs is None:
         return None
     ratio = _div(mine.result.rps, theirs.result.rps)
-    persisted = mine.persisted is not None and mine.persisted >= mine.result.ok and mine.result.errors == 0
+    persisted = mine.persisted is not None and mine.persisted >= mine.answered and mine.result.errors == 0
     met = ratio >= 2 and mine.result.p99_ms <= theirs.result.p99_ms and persisted
     return Verdict(
         f"c={top}: ≥ 2x MLServer's throughput, p99 no higher, every row persisted", met,
         f"{ratio:.2f}x ({mine.result.rps:,.0f} vs {theirs.result.rps:,.0f} req/s), p99 {_ms(mine.result.p99_ms)} vs "
-        f"{_ms(theirs.result.p99_ms)} ms, {mine.persisted or 0:,} rows stored for {mine.result.ok:,} answers, "
+        f"{_ms(theirs.result.p99_ms)} ms, {mine.persisted or 0:,} rows stored for {mine.answered:,} answers, "
         f"{mine.result.errors} errors",
     )  # fmt: skip
 
@@ -197,16 +202,19 @@ def _batch_section(results: Results) -> list[str]:
     points = [p for p in results.points if p.system == "mlapi" and p.batches]
     if not points:
         return []
-    header = ["rows per batch", *(f"c={p.result.concurrency}" for p in points)]
+    header = ["rows in the batch", *(f"c={p.result.concurrency}" for p in points)]
     binned = [_bins(p.batches or {}) for p in points]
     rows = [[label, *(f"{b[i][1]:,}" for b in binned)] for i, (label, _) in enumerate(binned[0])]
     means = [_div(sum(s * n for s, n in (p.batches or {}).items()), sum((p.batches or {}).values())) for p in points]
-    rows.append(["**mean rows per batch**", *(f"{m:.1f}" for m in means)])
+    rows.append(["**mean rows per batch, by request**", *(f"{m:.1f}" for m in means)])
+    probed = [p for p in points if p.probe_ok]
     return [
         "## Batches the workers formed",
         "",
-        "Number of batches of each size, for the requests accepted during each point. A worker stamps every "
-        "row of a batch with one `completed_at`, so the stored history itself gives the batches.",
+        "Requests by the number of rows in the batch they were predicted in, from the `batch` entry of the "
+        "`Server-Timing` header. hey discards headers, so beside the load a probe sends one request every 50 ms "
+        f"and reads it ({', '.join(f'{p.probe_ok:,} at c={p.result.concurrency}' for p in probed)}; their rows "
+        "are stored and counted too). At c=1 one request is in flight, so every batch is that one row.",
         "",
         _md_table(header, rows),
         "",
@@ -225,13 +233,36 @@ def _cost_section(results: Results) -> list[str]:
             what = f"mlapi worker CPU, all of it (decode, validate, predict, store, reply), c={p.result.concurrency}"
             rows.append([what, "-", f"{per_row * 1000:.0f}"])
     lines += [
-        "The pipeline's own cost is the median wall time of one call in the benchmark process. The worker's "
-        "cost is the CPU time both worker processes spent during the point divided by the rows they stored.",
+        "The pipeline's own cost is the median CPU time of one call in the benchmark process, single-threaded. "
+        "The worker's cost is the CPU time both worker processes spent during the point divided by the rows "
+        "they stored: everything a worker does for a row, not only the predict.",
         "",
-        _md_table(["what", "ms per call", "µs per row"], rows),
+        _md_table(["what", "CPU ms per call", "µs per row"], rows),
         "",
     ]
     return lines
+
+
+def _cpu_section(results: Results) -> list[str]:
+    groups = sorted({g for p in results.points for g in p.cpu_s}, key=["server", "api", "workers"].index)
+    rows = []
+    for p in results.points:
+        if not p.answered:
+            continue
+        cells = [f"{p.cpu_s[g] * 1e6 / p.answered:,.0f}" if g in p.cpu_s else "" for g in groups]
+        busy = sum(p.cpu_s.values()) / p.result.seconds if p.result.seconds else float("nan")
+        rows.append([LABELS.get(p.system, p.system), str(p.result.concurrency), *cells, f"{busy:.2f}"])
+    names = {"server": "server µs/req", "api": "mlapi API µs/req", "workers": "mlapi workers µs/req"}
+    return [
+        "## CPU per request",
+        "",
+        "CPU time (user + system, from /proc) the system's own processes spent per answered request, and the "
+        "cores they kept busy on average; the load generator, Redis and PostgreSQL are not counted. A single "
+        "process near 1.0 core is that system's bottleneck.",
+        "",
+        _md_table(["system", "c", *(names[g] for g in groups), "cores busy"], rows),
+        "",
+    ]
 
 
 def _lone_section(results: Results) -> list[str]:
@@ -286,7 +317,8 @@ def markdown(results: Results) -> str:
         f"Generated by `{command}` (`mlapi bench{' --quick' if plan.quick else ''}`) on "
         f"{results.started:%Y-%m-%d %H:%M} UTC in {results.seconds / 60:.0f} min; {results.machine}. "
         f"Load from {results.tool} on the same machine, against 127.0.0.1, {plan.seconds:g} s per point after a "
-        f"{plan.warmup_s:g} s warm-up, the same 8-field diabetes sample for every system.",
+        f"{plan.warmup_s:g} s warm-up, the same 8-field diabetes sample for every system. Load average "
+        f"(1 min) {results.load_before} at the start, {_load_now()} at the end.",
         "",
         "The machine is small and shared, and the load generator competes with the servers for its cores: "
         "absolute numbers move by tens of percent between runs. **The ratios, all from this one run, are what "
@@ -307,6 +339,7 @@ def markdown(results: Results) -> str:
         *(f"- {'✅ met' if t.met else '❌ not met'}: {t.name}: {t.detail}." for t in targets),
         "",
         *_batch_section(results),
+        *_cpu_section(results),
         *_cost_section(results),
         *_lone_section(results),
         *_history_section(results),
