@@ -48,12 +48,15 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     python3 -m venv /tmp/build && /tmp/build/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src
 
 # The venv every service starts from: the core dependencies and an init process (dumb-init forwards
-# SIGTERM to the service and reaps children).
+# SIGTERM to the service and reaps children). setuptools is not needed to install wheels, nor at run time.
 FROM python AS core
 COPY --from=requirements /requirements /requirements
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     python3 -m venv /opt/venv \
-    && pip install --quiet dumb-init -r /requirements/core.txt
+    && pip install --quiet dumb-init -r /requirements/core.txt \
+    && pip uninstall --quiet --yes setuptools
+WORKDIR /home/mlapi
+ENTRYPOINT ["dumb-init", "--", "mlapi"]
 
 FROM core AS api-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/api.txt
@@ -65,47 +68,36 @@ FROM core AS web-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/web.txt
 
 # ---- services ---------------------------------------------------------------------------------------------
-# Each service image is the base plus one venv: the project installed over its dependencies, without the
-# installer (pip, setuptools), copied out of its build stage.
+# Each service image is its dependency layers (shared by every build until pyproject.toml changes) plus the
+# project's wheel: a code change adds a few MB, not a new venv.
 
-FROM api-deps AS api-venv
-COPY --from=wheel /wheels /wheels
-RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
-
-FROM model-deps AS model-venv
-COPY --from=wheel /wheels /wheels
-RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
-
-FROM web-deps AS web-venv
-COPY --from=wheel /wheels /wheels
-RUN pip install --quiet --no-deps /wheels/*.whl && pip uninstall --quiet --yes pip setuptools
-
-FROM python AS service
-COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
-WORKDIR /home/mlapi
-ENTRYPOINT ["dumb-init", "--", "mlapi"]
-
-FROM service AS api
-COPY --from=api-venv /opt/venv /opt/venv
+FROM api-deps AS api
+COPY --from=wheel /wheels /tmp/wheels
 # The API validates input from the model specs alone: prove it starts without scikit-learn.
-RUN python -c "import mlapi.api.app, importlib.util as u; assert u.find_spec('sklearn') is None"
+RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+    && python -c "import mlapi.api.app, importlib.util as u; assert u.find_spec('sklearn') is None"
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 ENV MLAPI_API__HOST=0.0.0.0 MLAPI_API__PORT=8000
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mlapi-healthcheck", "api"]
 CMD ["api"]
 
-FROM service AS model
-COPY --from=model-venv /opt/venv /opt/venv
-RUN python -c "import mlapi.worker, mlapi.models.runtime"
+FROM model-deps AS model
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+    && python -c "import mlapi.worker, mlapi.models.runtime"
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 USER 10001
 HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]
 STOPSIGNAL SIGTERM
 CMD ["worker"]
 
-FROM service AS web
-COPY --from=web-venv /opt/venv /opt/venv
-RUN python -c "import mlapi.web"
+FROM web-deps AS web
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+    && python -c "import mlapi.web"
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 ENV MLAPI_WEB__HOST=0.0.0.0 MLAPI_WEB__PORT=9090 MLAPI_WEB__API_URL=http://api:8000
 USER 10001
 EXPOSE 9090
@@ -119,8 +111,8 @@ CMD ["web"]
 FROM api-deps AS tests
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     pip install --quiet -r /requirements/model.txt -r /requirements/web.txt -r /requirements/test.txt
-COPY --from=wheel /wheels /wheels
-RUN pip install --quiet --no-deps /wheels/*.whl
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 WORKDIR /home/mlapi/src
 COPY --chown=10001:10001 pyproject.toml ./
 COPY --chown=10001:10001 tests ./tests
