@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -38,6 +39,8 @@ class LoadResult:
     p99_ms: float
     tool: str
     error_samples: list[str] = field(default_factory=list)
+    client_cpu_s: float = float("nan")
+    """CPU time the load generator itself spent (hey only)."""
 
 
 def ensure_hey() -> str | None:
@@ -91,8 +94,12 @@ def run_hey(hey: str, target: Target, concurrency: int, seconds: float, body_fil
     if target.body is not None:
         body_file.write_bytes(target.body)
         args += ["-m", "POST", "-T", "application/json", "-D", str(body_file)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([*args, target.url], capture_output=True, text=True, check=True)
-    return parse_hey(result.stdout, concurrency)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    parsed = parse_hey(result.stdout, concurrency)
+    parsed.client_cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return parsed
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:

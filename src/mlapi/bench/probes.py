@@ -22,15 +22,25 @@ from mlapi.storage.repository import Cursor, engine_for
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_of(stat: str) -> tuple[int, int]:
+    """(parent pid, user + system ticks) from a /proc/<pid>/stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
-    """User plus system CPU time of processes, from /proc (0 for a process that is gone)."""
+    """User plus system CPU time of processes and their live children (PostgreSQL's backends), from /proc."""
+    wanted = set(pids)
     total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        try:
+            parent, ticks = _cpu_of((entry / "stat").read_text())
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry.name) in wanted or parent in wanted:
+            total += ticks
     return total / _TICKS
 
 

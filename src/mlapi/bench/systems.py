@@ -129,7 +129,8 @@ def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
         base = f"http://127.0.0.1:{api_port}"
         _wait_ready(f"{base}/readyz", children, "the mlapi stack")
         body = json.dumps(ModelSpec.read(model_dir).example).encode()
-        yield Running(
-            "mlapi", Target(f"{base}/predict", body), base,
-            {"api": [api.pid], "workers": [w.pid for w in workers]}, database_url,
-        )  # fmt: skip
+        assert redis.process is not None
+        postmaster = int((postgres.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        processes = {"api": [api.pid], "workers": [w.pid for w in workers], "redis": [redis.process.pid],
+                     "postgres": [postmaster]}  # fmt: skip
+        yield Running("mlapi", Target(f"{base}/predict", body), base, processes, database_url)
