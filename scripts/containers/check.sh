@@ -24,7 +24,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/scripts/containers"
 if [[ -z "${MLAPI_CHECK_INNER:-}" ]]; then
     export MLAPI_CHECK_INNER=1
-    exec timeout --signal=TERM --kill-after=60 "${MLAPI_CHECK_TIMEOUT_S:-2400}" "$0" "$@"
+    exec timeout --signal=TERM --kill-after=240 "${MLAPI_CHECK_TIMEOUT_S:-2400}" "$0" "$@"
 fi
 cd "$ROOT"
 
@@ -114,7 +114,7 @@ setup() {
 # PIP_* variables), written to one pip.conf, plus a read-only volume for each local path it names.
 pip_config() {
     python3 - "$WORK/pip.conf" "$WORK/pip-volumes" <<'PY'
-import os, re, subprocess, sys
+import os, subprocess, sys
 out, volumes = sys.argv[1], sys.argv[2]
 listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
 settings = {}
@@ -137,7 +137,7 @@ with open(volumes, "w") as f:
     f.write("".join(f"{p}\n" for p in sorted(paths)))
 PY
     BUILD_OPTS=(--format docker --network host --pull=never --layers
-        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf")
+        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --build-arg "VALKEY_IMAGE=$REDIS_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf")
     local path
     while IFS= read -r path; do BUILD_OPTS+=(-v "$path:$path:ro"); done <"$WORK/pip-volumes"
     # The one test that trains from the full data set reads it beside the repository, as in a checkout.
