@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,9 @@ SYSTEMS = ("floor", "inprocess", "mlserver", "mlapi")
 class Plan:
     systems: tuple[str, ...] = SYSTEMS
     concurrencies: tuple[int, ...] = (1, 16, 64)
-    seconds: float = 15.0
+    seconds: float = 10.0
+    rounds: int = 3
+    """Every point is run this many times, the systems in turn; the report gives medians."""
     warmup_s: float = 3.0
     lone_requests: int = 300
     history_rows: tuple[int, ...] = (1_000, 1_000_000)
@@ -55,10 +58,41 @@ class Point:
     """Requests of the batch probe by the number of rows in the batch they were predicted in (mlapi only)."""
     probe_ok: int = 0
     """Answered requests of the batch probe, stored beside the load's."""
+    rounds: list[LoadResult] = field(default_factory=list)
+    """The load results of each round, when this point combines several."""
 
     @property
     def answered(self) -> int:
         return self.result.ok + self.probe_ok
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def combine(points: list[Point]) -> Point:
+    """One point from the rounds of a system at a concurrency: medians of rate and percentiles, sums of the rest."""
+    results = [p.result for p in points]
+    first = results[0]
+    result = LoadResult(
+        concurrency=first.concurrency, seconds=sum(r.seconds for r in results),
+        requests=sum(r.requests for r in results), ok=sum(r.ok for r in results),
+        errors=sum(r.errors for r in results), rps=_median([r.rps for r in results]),
+        p50_ms=_median([r.p50_ms for r in results]), p99_ms=_median([r.p99_ms for r in results]),
+        tool=first.tool, error_samples=[e for r in results for e in r.error_samples][:5],
+        client_cpu_s=sum(r.client_cpu_s for r in results),
+    )  # fmt: skip
+    batches: dict[int, int] = {}
+    for p in points:
+        for size, n in (p.batches or {}).items():
+            batches[size] = batches.get(size, 0) + n
+    persisted = [p.persisted for p in points if p.persisted is not None]
+    return Point(
+        system=points[0].system, result=result,
+        cpu_s={g: sum(p.cpu_s.get(g, 0.0) for p in points) for g in points[0].cpu_s},
+        persisted=sum(persisted) if persisted else None, batches=batches or None,
+        probe_ok=sum(p.probe_ok for p in points), rounds=results,
+    )  # fmt: skip
 
 
 @dataclass
@@ -173,25 +207,34 @@ def run(plan: Plan, settings: Settings) -> Results:
     machine = f"{platform.machine()}, {_cpus()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
     results = Results(plan, load.name, datetime.now(UTC), machine)
     print(f"mlapi bench{' --quick' if plan.quick else ''}: {', '.join(plan.systems)} at c={plan.concurrencies}, "
-          f"{plan.seconds:g} s per point, load from {load.name}", flush=True)  # fmt: skip
+          f"{plan.rounds} x {plan.seconds:g} s per point, load from {load.name}", flush=True)  # fmt: skip
     results.pipeline = probes.pipeline_costs(model_dir, (1, 64), repeat=30 if plan.quick else 100)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    with TemporaryDirectory(prefix="mlapi-bench-") as tmp:
+    with TemporaryDirectory(prefix="mlapi-bench-") as tmp, ExitStack() as stack:
         load.work_dir = Path(tmp)
+        # All systems run at once and take turns, the order rotating each round, so a busy minute on the
+        # shared machine falls on every system alike rather than on whichever ran then.
+        running: dict[str, systems.Running] = {}
         for name in plan.systems:
             work = Path(tmp) / name
             work.mkdir()
             print(f"starting {name} ...", flush=True)
-            with _system(name, plan, model_dir, work) as running:
-                with _progress(f"{name} warm-up", plan.warmup_s):
-                    load.run(running.target, 16, plan.warmup_s)
-                for concurrency in plan.concurrencies:
-                    results.points.append(_measure(results, load, running, concurrency))
-                if name == "mlapi":
-                    results.lone = probes.lone_requests(running.target.url, running.target.body or b"",
-                                                        plan.lone_requests)  # fmt: skip
-                    if plan.history_rows:
-                        _history(results, load, running)
+            running[name] = stack.enter_context(_system(name, plan, model_dir, work))
+            with _progress(f"{name} warm-up", plan.warmup_s):
+                load.run(running[name].target, 16, plan.warmup_s)
+        measured: dict[tuple[str, int], list[Point]] = {}
+        for r in range(plan.rounds):
+            order = [plan.systems[(i + r) % len(plan.systems)] for i in range(len(plan.systems))]
+            print(f"round {r + 1} of {plan.rounds}", flush=True)
+            for concurrency in plan.concurrencies:
+                for name in order:
+                    point = _measure(results, load, running[name], concurrency)
+                    measured.setdefault((name, concurrency), []).append(point)
+        results.points = [combine(measured[(n, c)]) for n in plan.systems for c in plan.concurrencies]
+        if mlapi := running.get("mlapi"):
+            results.lone = probes.lone_requests(mlapi.target.url, mlapi.target.body or b"", plan.lone_requests)
+            if plan.history_rows:
+                _history(results, load, mlapi)
     results.seconds = time.monotonic() - started
     print()
     print(report.table(results))
@@ -208,6 +251,6 @@ def run_bench(settings: Settings, *, quick: bool = False) -> None:
     """`mlapi bench [--quick]`."""
     plan = Plan()
     if quick:  # a development run: short points, a smaller history, a report outside docs/
-        plan = replace(plan, seconds=4.0, warmup_s=1.0, lone_requests=100, history_rows=(1_000, 100_000),
+        plan = replace(plan, seconds=4.0, rounds=1, warmup_s=1.0, lone_requests=100, history_rows=(1_000, 100_000),
                        history_seconds=3.0, out_dir=Path(".bench/quick"), quick=True)  # fmt: skip
     run(plan, settings)
