@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import signal
 import statistics
 import sys
 import threading
@@ -249,6 +250,8 @@ def _cpus() -> int:
 
 def run_bench(settings: Settings, *, quick: bool = False) -> None:
     """`mlapi bench [--quick]`."""
+    # SIGTERM unwinds like Ctrl-C, so every server the run started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     plan = Plan()
     if quick:  # a development run: short points, a smaller history, a report outside docs/
         plan = replace(plan, seconds=4.0, rounds=1, warmup_s=1.0, lone_requests=100, history_rows=(1_000, 100_000),
