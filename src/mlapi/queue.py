@@ -28,6 +28,8 @@ REPLY_MAXLEN = 10_000
 REPLY_TTL_S = 3600
 """A reply stream outlives its API process by this long at most."""
 DEAD_LETTER_MAXLEN = 100_000
+WORKERS_MEMORY_MS = 3600_000
+"""Heartbeats older than this are dropped."""
 
 
 def request_stream(model: str) -> str:
@@ -40,6 +42,11 @@ def dead_letter_stream(model: str) -> str:
 
 def reply_stream(api_id: str) -> str:
     return f"mlapi:replies:{api_id}"
+
+
+def workers_key(model: str) -> str:
+    """Sorted set of the model's workers by the time of their last heartbeat (ms since the epoch)."""
+    return f"mlapi:workers:{model}"
 
 
 def queued_key(prediction_id: str) -> str:
@@ -208,13 +215,26 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def heartbeat(redis: Redis, consumer: str, models: Iterable[str], alive: bool = True) -> None:
+    """Record that this worker is alive (or, on a clean exit, gone); old entries are dropped on the way.
+
+    A sorted set of consumers by their last beat, rather than the group's idle times, whose meaning
+    differs across Redis versions (before 7.2 an empty blocking read does not count as activity).
+    """
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for model in models:
+            if alive:
+                pipe.zadd(workers_key(model), {consumer: now_ms})
+                pipe.zremrangebyscore(workers_key(model), 0, now_ms - WORKERS_MEMORY_MS)
+            else:
+                pipe.zrem(workers_key(model), consumer)
+        await pipe.execute()
+
+
 async def live_consumers(redis: Redis, model: str, max_idle_ms: int) -> int:
-    """Consumers that read the model's stream within `max_idle_ms`."""
-    try:
-        consumers = await redis.xinfo_consumers(request_stream(model), GROUP)
-    except ResponseError:  # no stream or no group yet: no worker has ever started
-        return 0
-    return sum(1 for c in consumers if int(c["idle"]) < max_idle_ms)
+    """Workers of the model that beat within `max_idle_ms`."""
+    return int(await redis.zcount(workers_key(model), int(time.time() * 1000) - max_idle_ms, "+inf"))
 
 
 async def prune_consumers(redis: Redis, model: str, max_idle_ms: int) -> None:

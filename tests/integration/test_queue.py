@@ -97,15 +97,28 @@ async def test_trimming_keeps_pending_and_undelivered_entries(redis: Redis) -> N
         await redis.config_set("stream-node-max-entries", 100)
 
 
-async def test_live_consumers_counts_recent_readers_only(redis: Redis) -> None:
-    assert await queue.live_consumers(redis, MODEL, 1000) == 0  # no stream yet
-    await queue.ensure_groups(redis, [MODEL])
-    await queue.read_new(redis, "w1", [MODEL], 1, 10)
-    assert await queue.live_consumers(redis, MODEL, 1000) == 1
+async def test_live_workers_are_those_with_a_recent_heartbeat(redis: Redis) -> None:
+    assert await queue.live_consumers(redis, MODEL, 1000) == 0
+    await queue.heartbeat(redis, "w1", [MODEL, "iris"])
+    await queue.heartbeat(redis, "w2", [MODEL])
+    assert await queue.live_consumers(redis, MODEL, 1000) == 2
+    assert await queue.live_consumers(redis, "iris", 1000) == 1
     await asyncio.sleep(0.2)
-    assert await queue.live_consumers(redis, MODEL, 100) == 0
+    assert await queue.live_consumers(redis, MODEL, 100) == 0  # silent for longer than allowed
+    await queue.heartbeat(redis, "w1", [MODEL])
+    await queue.heartbeat(redis, "w2", [MODEL], alive=False)  # a clean exit
+    assert await queue.live_consumers(redis, MODEL, 100) == 1
+
+
+async def test_consumers_gone_for_long_and_holding_nothing_are_pruned(redis: Redis) -> None:
+    await queue.ensure_groups(redis, [MODEL])
+    await queue.enqueue(redis, job(1))
+    await queue.read_new(redis, "holds", [MODEL], 1, 10)
+    await queue.read_new(redis, "empty", [MODEL], 1, 10)
+    await asyncio.sleep(0.15)
     await queue.prune_consumers(redis, MODEL, 100)
-    assert await redis.xinfo_consumers(queue.request_stream(MODEL), queue.GROUP) == []
+    names = [c["name"] for c in await redis.xinfo_consumers(queue.request_stream(MODEL), queue.GROUP)]
+    assert names == [b"holds"]  # its entry must stay claimable
 
 
 async def test_malformed_wire_bytes_are_reported_not_raised(redis: Redis) -> None:

@@ -44,6 +44,7 @@ class Worker:
         self._claim_cursor = dict.fromkeys(self.models, "0-0")
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
+        self._last_beat = 0.0
         self._backoff = 0.0
 
     async def start(self) -> None:
@@ -67,6 +68,9 @@ class Worker:
 
     async def step(self) -> int:
         """Reclaim or read one batch and process it; returns the number of entries handled."""
+        if time.monotonic() - self._last_beat >= self.settings.liveness_ms / 3000:
+            self._last_beat = time.monotonic()
+            await queue.heartbeat(self.redis, self.consumer, self.models)
         deliveries = await self._reclaim_due()
         if not deliveries:
             deliveries = await queue.read_new(
@@ -109,7 +113,8 @@ class Worker:
             log.error("dead-lettered %s entry %s: %s", delivery.model, delivery.entry_id, error)
 
     async def leave(self) -> None:
-        """Remove this consumer from the groups where it holds nothing, so it stops counting as live."""
+        """Stop counting as live; leave the groups where this consumer holds nothing."""
+        await queue.heartbeat(self.redis, self.consumer, self.models, alive=False)
         for model in self.models:
             stream = queue.request_stream(model)
             pending = await self.redis.xpending_range(stream, queue.GROUP, "-", "+", 1, consumername=self.consumer)
