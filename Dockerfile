@@ -130,18 +130,18 @@ ARG API_TESTS
 ARG PYTEST_ARGS
 RUN set -- $API_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no API tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
+    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
 
 FROM tests AS model-test
 ARG MODEL_TESTS
 ARG PYTEST_ARGS
 RUN set -- $MODEL_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no model tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
+    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
 
 FROM tests AS web-test
 ARG WEB_TESTS
 ARG PYTEST_ARGS
 RUN set -- $WEB_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
     test -s /tmp/selected || { echo "no web tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS $(cat /tmp/selected)
+    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
