@@ -237,6 +237,36 @@ async def live_consumers(redis: Redis, model: str, max_idle_ms: int) -> int:
     return int(await redis.zcount(workers_key(model), int(time.time() * 1000) - max_idle_ms, "+inf"))
 
 
+STATS = {
+    "length": "Entries in the model's request stream (acknowledged ones until trimmed)",
+    "lag": "Entries in the request stream not yet delivered to any worker",
+    "pending": "Entries delivered to a worker and not yet acknowledged",
+    "dead_letters": "Entries in the model's dead-letter stream",
+    "live_workers": "Workers of the model with a recent heartbeat",
+}
+
+
+async def stats(redis: Redis, model: str, liveness_ms: int) -> dict[str, int]:
+    """The numbers of `STATS` for one model, in one round trip; the lag is what autoscaling follows."""
+    stream = request_stream(model)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xlen(dead_letter_stream(model))
+        pipe.zcount(workers_key(model), int(time.time() * 1000) - liveness_ms, "+inf")
+        length, groups, dead, live = await pipe.execute(raise_on_error=False)
+    group: dict[str, Any] = {}
+    if isinstance(groups, list):  # an error instead when no stream exists yet
+        group = next((g for g in groups if _text(g["name"]) == GROUP), {})
+    return {
+        "length": int(length),
+        "lag": int(group.get("lag") or 0),
+        "pending": int(group.get("pending") or 0),
+        "dead_letters": int(dead),
+        "live_workers": int(live),
+    }
+
+
 async def prune_consumers(redis: Redis, model: str, max_idle_ms: int) -> None:
     """Forget consumers gone for long that hold nothing, so the group lists only workers that may return."""
     for c in await redis.xinfo_consumers(request_stream(model), GROUP):

@@ -173,6 +173,27 @@ def test_history_pages_newest_first_with_filters(client: httpx.Client) -> None:
     assert client.get("/predictions", params={"cursor": "garbage!"}).status_code == 400
 
 
+def metric(text: str, name: str) -> float:
+    """The value of one sample line `name value` of a Prometheus exposition."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_metrics_count_requests_and_show_the_queue(client: httpx.Client) -> None:
+    before = client.get("/metrics").text
+    ok = 'mlapi_predict_requests_total{model="diabetes-risk",outcome="ok"}'
+    invalid = 'mlapi_predict_requests_total{model="diabetes-risk",outcome="invalid"}'
+    client.post("/predict", json=EXAMPLE)
+    client.post("/predict", json={**EXAMPLE, "bmi": -1})
+    after = client.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    assert metric(after.text, ok) == metric(before, ok) + 1
+    assert metric(after.text, invalid) == metric(before, invalid) + 1
+    assert metric(after.text, 'mlapi_queue_live_workers{model="diabetes-risk"}') == 2
+    assert metric(after.text, 'mlapi_queue_live_workers{model="iris"}') == 0
+    assert metric(after.text, 'mlapi_queue_lag{model="diabetes-risk"}') == 0
+    assert metric(after.text, 'mlapi_stage_seconds_count{stage="predict"}') >= 1
+
+
 def test_readyz_reports_the_stack_ready(client: httpx.Client) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
     assert client.get("/healthz").json() == {"status": "alive"}

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -27,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from mlapi import queue
 from mlapi.api.dispatcher import BrokerUnavailable, PredictionTimeout, ReplyDispatcher
 from mlapi.api.limits import BodyLimit, BodyTooLarge
+from mlapi.api.metrics import Metrics
 from mlapi.api.schemas import (
     Accepted,
     BatchAccepted,
@@ -70,6 +72,7 @@ class Services:
     redis: Redis
     repository: PredictionRepository
     dispatcher: ReplyDispatcher
+    metrics: Metrics
 
 
 async def services(request: Request) -> Services:
@@ -157,7 +160,11 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
     spec = svc.specs.get(name)
     if spec is None:
         raise UnknownModel(name, list(svc.specs))
-    rows, batch = _parse(spec, await request.body(), svc.settings.api.max_instances)
+    try:
+        rows, batch = _parse(spec, await request.body(), svc.settings.api.max_instances)
+    except (MalformedBody, RequestValidationError):
+        svc.metrics.requests.labels(name, "invalid").inc()
+        raise
     job = Job(
         id=uuid.uuid4().hex,
         model=name,
@@ -170,13 +177,23 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
             await queue.enqueue(svc.redis, job)
         except RedisError as e:
             raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
+        svc.metrics.requests.labels(name, "queued").inc()
         ids = [r.id for r in job.rows]
         if batch:
             return _json(BatchAccepted(ids=ids).model_dump(), 202)
         return _json(Accepted(id=ids[0]).model_dump(), 202, {"Location": f"/predictions/{ids[0]}"})
-    reply = await svc.dispatcher.submit(svc.redis, job, svc.settings.api.request_timeout_s)
+    try:
+        reply = await svc.dispatcher.submit(svc.redis, job, svc.settings.api.request_timeout_s)
+    except PredictionTimeout:
+        svc.metrics.requests.labels(name, "timeout").inc()
+        raise
+    except BrokerUnavailable:
+        svc.metrics.requests.labels(name, "unavailable").inc()
+        raise
     if reply.error is not None:
+        svc.metrics.requests.labels(name, "failed").inc()
         raise PredictionFailed(reply)
+    svc.metrics.answered(name, time.perf_counter() - started, reply)
     predictions = _prediction(job, reply)
     headers = {"Server-Timing": _server_timing(reply, started)}
     return _json({"predictions": predictions} if batch else predictions[0], 200, headers)
@@ -252,14 +269,14 @@ def _record(row: Mapping[str, Any]) -> PredictionRecord:
     return PredictionRecord.model_validate({**row, "id": str(row["id"])})
 
 
-def _add_routes(app: FastAPI) -> None:
+def _add_meta_routes(app: FastAPI) -> None:
     @app.get("/", tags=["meta"])
     async def hello(svc: ServicesDep) -> dict[str, Any]:
         return {
             "message": "Hello from mlapi, the ML prediction service",
             "default_model": svc.settings.api.default_model,
             "links": {"docs": "/docs", "predict": "/predict", "models": "/models", "history": "/predictions",
-                      "health": "/healthz", "ready": "/readyz"},
+                      "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"},
         }  # fmt: skip
 
     @app.get("/healthz", tags=["meta"])
@@ -273,6 +290,16 @@ def _add_routes(app: FastAPI) -> None:
             return _json({"status": "unavailable", "reasons": reasons}, 503)
         return _json({"status": "ready"})
 
+    @app.get("/metrics", tags=["meta"], response_class=Response)
+    async def metrics(svc: ServicesDep) -> Response:
+        """Prometheus metrics: this process's requests, and each model's queue (length, lag, pending,
+        dead letters, live workers)."""
+        svc.metrics.in_flight.set(svc.dispatcher.in_flight)
+        body = await svc.metrics.render(svc.redis, svc.specs, svc.settings.worker.liveness_ms)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_model_and_history_routes(app: FastAPI) -> None:
     @app.get("/models", tags=["models"])
     async def list_models(svc: ServicesDep) -> list[ModelSummary]:
         return [
@@ -394,7 +421,8 @@ def create_app(settings: Settings) -> FastAPI:
         dispatcher = ReplyDispatcher(redis_url, settings.api.reply_block_ms)
         dispatcher.start()
         try:
-            yield {"services": Services(settings, specs, redis, PredictionRepository(engine), dispatcher)}
+            services = Services(settings, specs, redis, PredictionRepository(engine), dispatcher, Metrics())
+            yield {"services": services}
         finally:
             await dispatcher.stop()
             await redis.aclose()
@@ -407,7 +435,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     _add_predict_routes(app, settings, specs)
-    _add_routes(app)
+    _add_meta_routes(app)
+    _add_model_and_history_routes(app)
     _add_error_handlers(app)
     if settings.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["GET", "POST"],

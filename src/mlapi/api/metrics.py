@@ -1,0 +1,57 @@
+"""Prometheus metrics of one API process: its requests, and the queue as Redis sees it at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+
+from mlapi import queue
+from mlapi.contract import Reply
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """Owned by the app (no global registry), so every app and test has its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mlapi_predict_requests", "Predict requests by model and outcome "
+            "(ok, queued, invalid, failed, timeout, unavailable)", ["model", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mlapi_predict_seconds", "Time from a predict request's arrival to its answer, for answered ones",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.stage = Histogram(
+            "mlapi_stage_seconds", "Worker-side time of answered requests by stage (queue, predict, store)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "mlapi_batch_rows", "Rows in the batch each answered request was predicted in",
+            buckets=ROW_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.in_flight = Gauge("mlapi_in_flight", "Requests waiting for their answer", registry=self.registry)
+        self._queue = {
+            name: Gauge(f"mlapi_queue_{name}", text, ["model"], registry=self.registry)
+            for name, text in queue.STATS.items()
+        }
+
+    def answered(self, model: str, seconds: float, reply: Reply) -> None:
+        self.requests.labels(model, "ok").inc()
+        self.latency.labels(model).observe(seconds)
+        if t := reply.timings:
+            self.stage.labels("queue").observe(t.queue_ms / 1000)
+            self.stage.labels("predict").observe(t.predict_ms / 1000)
+            self.stage.labels("store").observe(t.store_ms / 1000)
+            self.batch_rows.observe(t.batch_rows)
+
+    async def render(self, redis: Redis, models: Iterable[str], liveness_ms: int) -> bytes:
+        for model in models:
+            for name, value in (await queue.stats(redis, model, liveness_ms)).items():
+                self._queue[name].labels(model).set(value)
+        return generate_latest(self.registry)
