@@ -14,13 +14,13 @@
 #   docker build --secret id=pip.conf,src=$HOME/.config/pip/pip.conf --target api .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# The test targets' Redis-compatible server (the images' own valkey-server, for amd64 and arm64 alike).
+# The test targets copy valkey-server out of this image, which exists for amd64 and arm64 alike.
 ARG VALKEY_IMAGE=valkey/valkey:8.1-bookworm
 
 # Which tests belong to which service (files or folders; a glob that matches nothing is dropped; they run in
-# the order `make test` runs them, e2e before integration before unit). Not here:
-# tests/e2e/test_up.py (`mlapi up`, the no-container path) and tests/e2e/web (needs a browser); `make test`
-# runs every test, and scripts/containers/check.sh names the ones no target runs.
+# the order `make test` runs them, e2e before integration before unit). Not here: tests/e2e/test_up.py
+# (`mlapi up`, the no-container path), tests/e2e/web (needs a browser), tests/bench and tests/deploy (no
+# service's); `make test` runs every test, and scripts/containers/check.sh names the ones no target runs.
 ARG API_TESTS="tests/unit/test_api* tests/unit/test_contract* tests/unit/test_spec* tests/unit/test_settings* tests/unit/api tests/integration/test_api* tests/integration/test_queue* tests/integration/test_repository* tests/integration/test_storage* tests/integration/api tests/e2e/test_api* tests/e2e/test_outages*"
 ARG MODEL_TESTS="tests/unit/test_models* tests/unit/test_batching* tests/unit/test_worker* tests/unit/test_train* tests/unit/models tests/unit/worker tests/integration/test_worker* tests/integration/test_models* tests/e2e/test_worker* tests/e2e/test_lifecycle*"
 ARG WEB_TESTS="tests/unit/web tests/unit/test_web* tests/integration/web tests/integration/test_web*"
