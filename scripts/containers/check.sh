@@ -137,7 +137,7 @@ with open(volumes, "w") as f:
     f.write("".join(f"{p}\n" for p in sorted(paths)))
 PY
     BUILD_OPTS=(--format docker --network host --pull=never --layers
-        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --build-arg "VALKEY_IMAGE=$REDIS_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf")
+        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf")
     local path
     while IFS= read -r path; do BUILD_OPTS+=(-v "$path:$path:ro"); done <"$WORK/pip-volumes"
     # The one test that trains from the full data set reads it beside the repository, as in a checkout.
