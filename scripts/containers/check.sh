@@ -87,6 +87,7 @@ cleanup() {
             # scale step are removed here.
             local left
             left="$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT")"
+            # shellcheck disable=SC2086 # one argument per container id
             [[ -z "$left" ]] || podman rm --force --time 10 $left >/dev/null 2>&1
             podman network rm "${PROJECT}_default" >/dev/null 2>&1
             podman volume rm "${PROJECT}_redis-data" "${PROJECT}_postgres-data" >/dev/null 2>&1
