@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import redis as redis_sync
 import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -193,7 +194,10 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture(scope="module")
 def stack_factory(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
-    """Builds stacks whose processes are all stopped when the module ends."""
+    """Builds stacks whose processes are all stopped when the module ends; the broker starts empty, so no
+    heartbeat or entry left by an earlier module makes a stack look ready before its workers are."""
+    with redis_sync.Redis.from_url(settings.require_redis_url()) as client:
+        client.flushall()
     made: list[Stack] = []
 
     def make(**env: str) -> Stack:

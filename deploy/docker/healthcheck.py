@@ -2,7 +2,7 @@
 """Container health check: `mlapi-healthcheck api|web|worker` exits 0 when the service in this container is alive.
 
 api and web: their HTTP port answers (`/healthz` for the API). worker: it has no port, so it is alive when its
-consumer in this container read its queue within `MLAPI_WORKER__LIVENESS_MS`, the same rule `/readyz` applies.
+worker in this container sent its heartbeat within `MLAPI_WORKER__LIVENESS_MS`, the same rule `/readyz` applies.
 Liveness only: readiness of the whole system is the API's `/readyz`.
 """
 
@@ -38,17 +38,11 @@ async def worker_alive(settings: Settings) -> bool:
     redis = queue.connect(settings.require_redis_url(), read_timeout_s=TIMEOUT_S)
     try:
         for model in models:
-            try:
-                consumers = await redis.xinfo_consumers(queue.request_stream(model), queue.GROUP)
-            except Exception as e:
-                print(f"{model}: {type(e).__name__}: {e}", file=sys.stderr)
-                continue
-            for c in consumers:
-                name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            for name in await queue.live_workers(redis, model, settings.worker.liveness_ms):
                 mine = name == own if own else name.startswith(prefix)
-                if mine and int(c["idle"]) < settings.worker.liveness_ms:
+                if mine:
                     return True
-        print(f"no consumer of this container ({own or prefix + '*'}) read the queue lately", file=sys.stderr)
+        print(f"no worker of this container ({own or prefix + '*'}) beat lately", file=sys.stderr)
         return False
     finally:
         await redis.aclose()

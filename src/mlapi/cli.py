@@ -82,9 +82,12 @@ def _serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
     """Serve an ASGI app with uvicorn (uvloop and httptools where installed)."""
     import uvicorn
 
+    # Idle keep-alive connections live longer than clients' and load balancers' pools keep them (httpx 5 s,
+    # most balancers 60 s), so the server never closes a connection a client is about to reuse.
     uvicorn.run(
-        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5
-    )
+        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
+        timeout_graceful_shutdown=5, timeout_keep_alive=75,
+    )  # fmt: skip
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:

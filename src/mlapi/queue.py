@@ -232,9 +232,10 @@ async def heartbeat(redis: Redis, consumer: str, models: Iterable[str], alive: b
         await pipe.execute()
 
 
-async def live_consumers(redis: Redis, model: str, max_idle_ms: int) -> int:
-    """Workers of the model that beat within `max_idle_ms`."""
-    return int(await redis.zcount(workers_key(model), int(time.time() * 1000) - max_idle_ms, "+inf"))
+async def live_workers(redis: Redis, model: str, max_idle_ms: int) -> list[str]:
+    """Consumer names of the model's workers that beat within `max_idle_ms`."""
+    names = await redis.zrangebyscore(workers_key(model), int(time.time() * 1000) - max_idle_ms, "+inf")
+    return [_text(n) for n in names if isinstance(n, bytes | str)]
 
 
 STATS = {

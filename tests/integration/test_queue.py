@@ -98,16 +98,16 @@ async def test_trimming_keeps_pending_and_undelivered_entries(redis: Redis) -> N
 
 
 async def test_live_workers_are_those_with_a_recent_heartbeat(redis: Redis) -> None:
-    assert await queue.live_consumers(redis, MODEL, 1000) == 0
+    assert len(await queue.live_workers(redis, MODEL, 1000)) == 0
     await queue.heartbeat(redis, "w1", [MODEL, "iris"])
     await queue.heartbeat(redis, "w2", [MODEL])
-    assert await queue.live_consumers(redis, MODEL, 1000) == 2
-    assert await queue.live_consumers(redis, "iris", 1000) == 1
+    assert len(await queue.live_workers(redis, MODEL, 1000)) == 2
+    assert len(await queue.live_workers(redis, "iris", 1000)) == 1
     await asyncio.sleep(0.2)
-    assert await queue.live_consumers(redis, MODEL, 100) == 0  # silent for longer than allowed
+    assert len(await queue.live_workers(redis, MODEL, 100)) == 0  # silent for longer than allowed
     await queue.heartbeat(redis, "w1", [MODEL])
     await queue.heartbeat(redis, "w2", [MODEL], alive=False)  # a clean exit
-    assert await queue.live_consumers(redis, MODEL, 100) == 1
+    assert await queue.live_workers(redis, MODEL, 100) == ["w1"]
 
 
 async def test_consumers_gone_for_long_and_holding_nothing_are_pruned(redis: Redis) -> None:

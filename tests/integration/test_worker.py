@@ -176,7 +176,7 @@ async def test_run_stops_on_the_event_and_leaves_the_group(
     task = asyncio.create_task(w.run(stop))
     await queue.enqueue(redis, make_job(diabetes))
     assert await redis.xread({REPLIES: "0"}, block=5000)  # answered by the running worker
-    assert await queue.live_consumers(redis, MODEL, 1000) == 1
+    assert len(await queue.live_workers(redis, MODEL, 1000)) == 1
     stop.set()
     await asyncio.wait_for(task, 2)
-    assert await queue.live_consumers(redis, MODEL, 1000) == 0
+    assert len(await queue.live_workers(redis, MODEL, 1000)) == 0

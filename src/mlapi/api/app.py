@@ -355,7 +355,7 @@ def _utc(value: datetime | None) -> datetime | None:
 async def _not_ready(svc: Services) -> list[str]:
     async def redis_check() -> str | None:
         await svc.redis.ping()
-        live = await queue.live_consumers(svc.redis, svc.settings.api.default_model, svc.settings.worker.liveness_ms)
+        live = await queue.live_workers(svc.redis, svc.settings.api.default_model, svc.settings.worker.liveness_ms)
         return None if live else f"no live worker for {svc.settings.api.default_model}"
 
     async def database_check() -> str | None:
