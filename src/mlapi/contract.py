@@ -62,11 +62,12 @@ class Reply(msgspec.Struct, frozen=True):
 
 
 _job_decoder = msgspec.msgpack.Decoder(Job)
-_reply_decoder = msgspec.msgpack.Decoder(Reply)
+_replies_decoder = msgspec.msgpack.Decoder(list[Reply])
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(message: Job | Reply) -> bytes:
+def encode(message: Job | Reply | list[Reply]) -> bytes:
+    """A job, or the replies of one batch to one API process: they travel as a single stream entry."""
     return _encoder.encode(message)
 
 
@@ -75,5 +76,5 @@ def decode_job(data: bytes) -> Job:
     return _job_decoder.decode(data)
 
 
-def decode_reply(data: bytes) -> Reply:
-    return _reply_decoder.decode(data)
+def decode_replies(data: bytes) -> list[Reply]:
+    return _replies_decoder.decode(data)

@@ -172,8 +172,11 @@ async def finish(
                 maxlen=DEAD_LETTER_MAXLEN,
                 approximate=True,
             )
+        by_reply_stream: dict[str, list[Reply]] = {}
         for stream, reply in replies:
-            pipe.xadd(stream, {FIELD: encode(reply)}, maxlen=REPLY_MAXLEN, approximate=True)
+            by_reply_stream.setdefault(stream, []).append(reply)
+        for stream, batch in by_reply_stream.items():  # one entry per API process, not per job
+            pipe.xadd(stream, {FIELD: encode(batch)}, maxlen=REPLY_MAXLEN, approximate=True)
             pipe.expire(stream, REPLY_TTL_S)
         by_stream: dict[str, list[str]] = {}
         for d in acks:

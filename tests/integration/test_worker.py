@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue
-from mlapi.contract import Job, Row, Value, decode_reply
+from mlapi.contract import Job, Row, Value, decode_replies
 from mlapi.models.runtime import LoadedModel
 from mlapi.settings import WorkerSettings
 from mlapi.storage.repository import PredictionRepository
@@ -51,7 +51,8 @@ async def rows(engine: AsyncEngine) -> list[dict[str, Any]]:
 async def replies(redis: Redis) -> list[dict[str, Any]]:
     return [
         {"id": r.id, "error": r.error, "results": r.results}
-        for r in (decode_reply(f[queue.FIELD]) for _, f in await entries(redis, REPLIES))
+        for _, f in await entries(redis, REPLIES)
+        for r in decode_replies(f[queue.FIELD])
     ]
 
 
@@ -85,6 +86,8 @@ async def test_waiting_jobs_are_predicted_in_one_batch(
     assert await w.step() == 10
     assert counting.calls == [10]
     assert len(await rows(engine)) == 10
+    assert len(await entries(redis, REPLIES)) == 1  # the batch's answers to one API travel together
+    assert len(await replies(redis)) == 10
 
 
 async def test_nothing_is_acknowledged_when_the_database_write_fails(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from mlapi.contract import Job, Reply, Result, Row, Timings, decode_job, decode_reply, encode
+from mlapi.contract import Job, Reply, Result, Row, Timings, decode_job, decode_replies, encode
 
 
 def test_job_round_trips() -> None:
@@ -21,7 +21,7 @@ def test_job_round_trips() -> None:
     assert decode_job(encode(job)) == job
 
 
-def test_reply_round_trips() -> None:
+def test_replies_round_trip() -> None:
     reply = Reply(
         id="j1",
         model_version="3",
@@ -29,7 +29,7 @@ def test_reply_round_trips() -> None:
         completed_at=datetime.now(UTC),
         timings=Timings(queue_ms=1.0, predict_ms=2.0, store_ms=3.0, batch_rows=4),
     )
-    assert decode_reply(encode(reply)) == reply
+    assert decode_replies(encode([reply, reply])) == [reply, reply]
 
 
 @pytest.mark.parametrize(

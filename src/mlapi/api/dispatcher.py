@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mlapi import queue
-from mlapi.contract import Job, Reply, decode_reply
+from mlapi.contract import Job, Reply, decode_replies
 
 log = logging.getLogger("mlapi.api")
 
@@ -107,10 +107,11 @@ class ReplyDispatcher:
 
     def _resolve(self, fields: dict[bytes, bytes]) -> None:
         try:
-            reply = decode_reply(fields[queue.FIELD])
+            replies = decode_replies(fields[queue.FIELD])
         except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as e:
             log.error("malformed reply on %s: %s", self.stream, e)
             return
-        future = self._waiting.pop(reply.id, None)
-        if future is not None and not future.done():
-            future.set_result(reply)
+        for reply in replies:
+            future = self._waiting.pop(reply.id, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
