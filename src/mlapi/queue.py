@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from mlapi.contract import Job, Reply, decode_job, encode
@@ -58,14 +59,32 @@ def connect(url: str, *, read_timeout_s: float | None = 5.0) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=read_timeout_s, health_check_interval=30)
 
 
-async def enqueue(redis: Redis, job: Job) -> None:
-    """Queue a job and remember its prediction ids as queued, in one round trip."""
-    marker = json.dumps({"model": job.model, "created_at": job.created_at.isoformat()})
+async def enqueue(redis: Redis, job: Job, *, track: bool) -> None:
+    """Queue a job; with `track`, also remember its ids as queued, in the same round trip.
+
+    Only ids a client may look up before they are answered need the marker: those of `wait=false`
+    requests, and (through `mark_queued`) of requests that timed out. A waiting client learns its ids
+    only with the answer, when the history row exists.
+    """
+    if not track:
+        await redis.xadd(request_stream(job.model), {FIELD: encode(job)})
+        return
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xadd(request_stream(job.model), {FIELD: encode(job)})
-        for row in job.rows:
-            pipe.set(queued_key(row.id), marker, ex=QUEUED_TTL_S)
+        _mark(pipe, job)
         await pipe.execute()
+
+
+async def mark_queued(redis: Redis, job: Job) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        _mark(pipe, job)
+        await pipe.execute()
+
+
+def _mark(pipe: Pipeline, job: Job) -> None:
+    marker = json.dumps({"model": job.model, "created_at": job.created_at.isoformat()})
+    for row in job.rows:
+        pipe.set(queued_key(row.id), marker, ex=QUEUED_TTL_S)
 
 
 async def queued(redis: Redis, prediction_id: str) -> dict[str, str] | None:

@@ -32,7 +32,7 @@ async def pending(redis: Redis) -> list[dict[str, Any]]:
 
 
 async def test_jobs_queued_before_any_worker_are_served(redis: Redis) -> None:
-    await queue.enqueue(redis, job(1))
+    await queue.enqueue(redis, job(1), track=True)
     await queue.ensure_groups(redis, [MODEL])
     [delivery] = await queue.read_new(redis, "w1", [MODEL], 10, 100)
     assert delivery.job is not None and delivery.job.id == "job-1"
@@ -40,10 +40,19 @@ async def test_jobs_queued_before_any_worker_are_served(redis: Redis) -> None:
     assert marker is not None and marker["model"] == MODEL
 
 
+async def test_only_tracked_jobs_leave_a_queued_marker(redis: Redis) -> None:
+    waited = job(2)
+    await queue.enqueue(redis, waited, track=False)
+    assert await queue.queued(redis, waited.rows[0].id) is None
+    await queue.mark_queued(redis, waited)  # it timed out: the client now knows its id
+    marker = await queue.queued(redis, waited.rows[0].id)
+    assert marker is not None and marker["created_at"] == waited.created_at.isoformat()
+
+
 async def test_a_read_entry_stays_pending_until_acknowledged(redis: Redis) -> None:
     await queue.ensure_groups(redis, [MODEL])
     for n in range(3):
-        await queue.enqueue(redis, job(n))
+        await queue.enqueue(redis, job(n), track=False)
     deliveries = await queue.read_new(redis, "w1", [MODEL], 10, 100)
     assert [d.job.id for d in deliveries if d.job] == ["job-0", "job-1", "job-2"]
     assert len(await pending(redis)) == 3
@@ -55,7 +64,7 @@ async def test_a_read_entry_stays_pending_until_acknowledged(redis: Redis) -> No
 
 async def test_entries_of_a_dead_consumer_are_reclaimed_with_their_count(redis: Redis) -> None:
     await queue.ensure_groups(redis, [MODEL])
-    await queue.enqueue(redis, job(7))
+    await queue.enqueue(redis, job(7), track=False)
     [held] = await queue.read_new(redis, "dead", [MODEL], 10, 100)
     _, early = await queue.claim_stale(redis, "live", MODEL, min_idle_ms=10_000, count=10)
     assert early == []  # not idle long enough yet
@@ -85,7 +94,7 @@ async def test_trimming_keeps_pending_and_undelivered_entries(redis: Redis) -> N
     await redis.config_set("stream-node-max-entries", 2)
     try:
         for n in range(6):
-            await queue.enqueue(redis, job(n))
+            await queue.enqueue(redis, job(n), track=False)
         delivered = await queue.read_new(redis, "w1", [MODEL], 4, 100)  # 0-3 delivered, 4-5 not yet
         await queue.finish(redis, [delivered[0], delivered[1], delivered[3]], [])  # 2 stays pending
         await queue.trim_acknowledged(redis, MODEL)
@@ -112,7 +121,7 @@ async def test_live_workers_are_those_with_a_recent_heartbeat(redis: Redis) -> N
 
 async def test_consumers_gone_for_long_and_holding_nothing_are_pruned(redis: Redis) -> None:
     await queue.ensure_groups(redis, [MODEL])
-    await queue.enqueue(redis, job(1))
+    await queue.enqueue(redis, job(1), track=False)
     await queue.read_new(redis, "holds", [MODEL], 1, 10)
     await queue.read_new(redis, "empty", [MODEL], 1, 10)
     await asyncio.sleep(0.15)

@@ -62,7 +62,7 @@ async def test_a_job_is_stored_answered_and_acknowledged(
     w = worker(redis, repository, diabetes)
     await w.start()
     job = make_job(diabetes, rows=2)
-    await queue.enqueue(redis, job)
+    await queue.enqueue(redis, job, track=True)
     assert await w.step() == 1
     stored = await rows(engine)
     assert sorted(r["id"] for r in stored) == sorted(r.id for r in job.rows)
@@ -82,7 +82,7 @@ async def test_waiting_jobs_are_predicted_in_one_batch(
     w = worker(redis, repository, counting, batch_size=64)
     await w.start()
     for _ in range(10):
-        await queue.enqueue(redis, make_job(diabetes))
+        await queue.enqueue(redis, make_job(diabetes), track=False)
     assert await w.step() == 10
     assert counting.calls == [10]
     assert len(await rows(engine)) == 10
@@ -95,7 +95,7 @@ async def test_nothing_is_acknowledged_when_the_database_write_fails(
 ) -> None:
     w = worker(redis, repository, diabetes)
     await w.start()
-    await queue.enqueue(redis, make_job(diabetes))
+    await queue.enqueue(redis, make_job(diabetes), track=False)
     async with engine.begin() as conn:
         await conn.execute(sa.text("ALTER TABLE predictions RENAME TO predictions_away"))
     try:
@@ -118,7 +118,7 @@ async def test_a_redelivered_job_is_stored_once(
     """A worker that committed but died before acknowledging: the job comes again and adds no row."""
     job = make_job(diabetes, rows=3)
     await queue.ensure_groups(redis, [MODEL])
-    await queue.enqueue(redis, job)
+    await queue.enqueue(redis, job, track=False)
     [delivery] = await queue.read_new(redis, "crashed", [MODEL], 10, 100)
     first = worker(redis, repository, diabetes, "crashed")
     outcome = first.planner.plan([delivery], datetime.now(UTC))
@@ -137,9 +137,9 @@ async def test_a_poison_job_is_dead_lettered_and_the_worker_goes_on(
     w = worker(redis, repository, Counting(diabetes, poison_bmi=13.0))
     await w.start()
     bad, good = make_job(diabetes, bmi=13.0), make_job(diabetes)
-    await queue.enqueue(redis, bad)
+    await queue.enqueue(redis, bad, track=False)
     await redis.xadd(queue.request_stream(MODEL), {queue.FIELD: b"\xff\xfe garbage"})
-    await queue.enqueue(redis, good)
+    await queue.enqueue(redis, good, track=False)
     assert await w.step() == 3
     stored = {r["id"]: r for r in await rows(engine)}
     assert stored[bad.rows[0].id]["status"] == "failed"
@@ -157,7 +157,7 @@ async def test_a_job_that_keeps_killing_workers_is_dead_lettered(
 ) -> None:
     job = make_job(diabetes)
     await queue.ensure_groups(redis, [MODEL])
-    await queue.enqueue(redis, job)
+    await queue.enqueue(redis, job, track=False)
     await queue.read_new(redis, "victim-0", [MODEL], 10, 100)
     for n in range(1, 3):  # every consumer that takes it "dies" without acknowledging
         await asyncio.sleep(0.25)
@@ -177,7 +177,7 @@ async def test_run_stops_on_the_event_and_leaves_the_group(
     w = worker(redis, repository, diabetes)
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
-    await queue.enqueue(redis, make_job(diabetes))
+    await queue.enqueue(redis, make_job(diabetes), track=False)
     assert await redis.xread({REPLIES: "0"}, block=5000)  # answered by the running worker
     assert len(await queue.live_workers(redis, MODEL, 1000)) == 1
     stop.set()

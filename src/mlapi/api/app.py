@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -174,7 +175,7 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
     )
     if not wait:
         try:
-            await queue.enqueue(svc.redis, job)
+            await queue.enqueue(svc.redis, job, track=True)
         except RedisError as e:
             raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
         svc.metrics.requests.labels(name, "queued").inc()
@@ -186,6 +187,8 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
         reply = await svc.dispatcher.submit(svc.redis, job, svc.settings.api.request_timeout_s)
     except PredictionTimeout:
         svc.metrics.requests.labels(name, "timeout").inc()
+        with contextlib.suppress(RedisError):  # its ids are known to the client from now on
+            await queue.mark_queued(svc.redis, job)
         raise
     except BrokerUnavailable:
         svc.metrics.requests.labels(name, "unavailable").inc()

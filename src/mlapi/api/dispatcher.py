@@ -69,7 +69,7 @@ class ReplyDispatcher:
         self._waiting[job.id] = future
         try:
             try:
-                await queue.enqueue(redis, job)
+                await queue.enqueue(redis, job, track=False)
             except RedisError as e:
                 raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
             try:
