@@ -117,6 +117,7 @@ RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 WORKDIR /home/mlapi/src
 COPY --chown=10001:10001 pyproject.toml ./
 COPY --chown=10001:10001 tests ./tests
+COPY deploy/docker/run-tests.sh /usr/local/bin/run-tests.sh
 # No src/ here: the tests import the installed package, as the service images run it.
 USER 10001
 CMD ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
@@ -124,20 +125,14 @@ CMD ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 FROM tests AS api-test
 ARG API_TESTS
 ARG PYTEST_ARGS
-RUN set -- $API_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
-    test -s /tmp/selected || { echo "no API tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
+RUN run-tests.sh "$API_TESTS"
 
 FROM tests AS model-test
 ARG MODEL_TESTS
 ARG PYTEST_ARGS
-RUN set -- $MODEL_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
-    test -s /tmp/selected || { echo "no model tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
+RUN run-tests.sh "$MODEL_TESTS"
 
 FROM tests AS web-test
 ARG WEB_TESTS
 ARG PYTEST_ARGS
-RUN set -- $WEB_TESTS; for f; do [ -e "$f" ] && echo "$f"; done | sort >/tmp/selected; \
-    test -s /tmp/selected || { echo "no web tests found" >&2; exit 1; }; \
-    python -m pytest $PYTEST_ARGS --basetemp=/tmp/pytest $(cat /tmp/selected); rc=$?; rm -rf /tmp/pytest; exit $rc
+RUN run-tests.sh "$WEB_TESTS"
