@@ -177,6 +177,7 @@ async def predict(svc: Services, name: str, request: Request, wait: bool) -> Res
         try:
             await queue.enqueue(svc.redis, job, track=True)
         except RedisError as e:
+            svc.metrics.requests.labels(name, "unavailable").inc()
             raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
         svc.metrics.requests.labels(name, "queued").inc()
         ids = [r.id for r in job.rows]
