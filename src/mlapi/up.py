@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -77,7 +76,7 @@ def run_up(settings: Settings) -> None:
         try:
             children.append(_spawn("api", ["api"], env))
             children += [_spawn(f"worker-{i + 1}", ["worker"], env) for i in range(settings.up.workers)]
-            web = settings.up.web and importlib.util.find_spec("mlapi.web") is not None
+            web = settings.up.web
             if web:
                 children.append(_spawn("web", ["web"], env))
             api = f"http://{settings.api.host}:{settings.api.port}"
