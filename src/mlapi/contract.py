@@ -55,7 +55,6 @@ class Reply(msgspec.Struct, frozen=True):
     """Id of the job answered."""
     model_version: str
     results: list[Result]
-    completed_at: datetime
     timings: Timings | None = None
     error: str | None = None
     """Set when the job failed as a whole (it was dead-lettered)."""

@@ -26,7 +26,6 @@ def test_replies_round_trip() -> None:
         id="j1",
         model_version="3",
         results=[Result(id="r1", prediction=1, label="x", probability=0.75, probabilities={"x": 0.75, "y": 0.25})],
-        completed_at=datetime.now(UTC),
         timings=Timings(queue_ms=1.0, predict_ms=2.0, store_ms=3.0, batch_rows=4),
     )
     assert decode_replies(encode([reply, reply])) == [reply, reply]

@@ -118,15 +118,16 @@ class ApiClient:
                 f"The API gave an answer the web UI does not understand ({e.error_count()} errors)."
             ) from e
 
-    async def models(self) -> list[ModelSummary]:
-        response = await self._send("GET", "/models")
+    async def _get(self, path: str, type_: type[BaseModel] | TypeAdapter[Any], **kwargs: Any) -> Any:
+        response = await self._send("GET", path, **kwargs)
         self._raise_for(response)
-        return self._decode(response, _MODELS)  # type: ignore[no-any-return]
+        return self._decode(response, type_)
+
+    async def models(self) -> list[ModelSummary]:
+        return await self._get("/models", _MODELS)  # type: ignore[no-any-return]
 
     async def spec(self, name: str) -> ModelSpec:
-        response = await self._send("GET", f"/models/{name}")
-        self._raise_for(response)
-        return self._decode(response, ModelSpec)  # type: ignore[no-any-return]
+        return await self._get(f"/models/{name}", ModelSpec)  # type: ignore[no-any-return]
 
     async def predict(self, name: str, sample: dict[str, Value | str | None]) -> Answer:
         started = time.perf_counter()
@@ -151,11 +152,7 @@ class ApiClient:
         for key, value in (("cursor", cursor), ("model", model), ("prediction", prediction)):
             if value is not None:
                 params[key] = value
-        response = await self._send("GET", "/predictions", params=params)
-        self._raise_for(response)
-        return self._decode(response, Page)  # type: ignore[no-any-return]
+        return await self._get("/predictions", Page, params=params)  # type: ignore[no-any-return]
 
     async def prediction(self, prediction_id: str) -> PredictionRecord:
-        response = await self._send("GET", f"/predictions/{prediction_id}")
-        self._raise_for(response)
-        return self._decode(response, PredictionRecord)  # type: ignore[no-any-return]
+        return await self._get(f"/predictions/{prediction_id}", PredictionRecord)  # type: ignore[no-any-return]

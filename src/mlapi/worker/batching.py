@@ -31,15 +31,14 @@ class Answer:
     predict_ms: float = 0.0
     batch_rows: int = 0
 
-    def reply(self, model_version: str, completed_at: datetime, store_ms: float) -> Reply:
+    def reply(self, model_version: str, picked_up: datetime, store_ms: float) -> Reply:
         return Reply(
             id=self.job.id,
             model_version=model_version,
             results=self.results,
-            completed_at=completed_at,
             error=self.error,
             timings=Timings(
-                queue_ms=(completed_at - self.job.created_at).total_seconds() * 1000,
+                queue_ms=(picked_up - self.job.created_at).total_seconds() * 1000,
                 predict_ms=self.predict_ms,
                 store_ms=store_ms,
                 batch_rows=self.batch_rows,
