@@ -22,11 +22,11 @@ from mlapi import queue
 from mlapi.contract import Value
 from mlapi.servers import PostgresServer, RedisServer, free_port
 from mlapi.settings import PACKAGE_DIR, Settings
-from mlapi.storage.migrate import upgrade
+from mlapi.storage.migrate import migrate
 from mlapi.storage.repository import PredictionRepository, engine_for
 
 if TYPE_CHECKING:  # the model libraries are not in every service's image; only model tests load them
-    from mlapi.models.runtime import LoadedModel
+    from mlapi.runtimes.sklearn import SklearnModel
 
 REGISTRY = PACKAGE_DIR / "models" / "registry"
 REPO = Path(__file__).resolve().parents[1]
@@ -43,18 +43,26 @@ ORIGINAL_CLIENT_SAMPLE: dict[str, Value] = {
 }
 
 
+def load_bundled(name: str) -> SklearnModel:
+    """A bundled model as a worker loads it: its spec and artifact through `mlapi.runtimes.load`."""
+    from mlapi import runtimes
+    from mlapi.models.spec import ARTIFACT_FILE, ModelSpec
+    from mlapi.runtimes.sklearn import SklearnModel
+
+    directory = REGISTRY / name
+    model = runtimes.load(ModelSpec.read(directory), (directory / ARTIFACT_FILE).read_bytes())
+    assert isinstance(model, SklearnModel)
+    return model
+
+
 @pytest.fixture(scope="session")
-def diabetes() -> LoadedModel:
-    from mlapi.models.runtime import LoadedModel
-
-    return LoadedModel.load(REGISTRY / "diabetes-risk")
+def diabetes() -> SklearnModel:
+    return load_bundled("diabetes-risk")
 
 
 @pytest.fixture(scope="session")
-def iris() -> LoadedModel:
-    from mlapi.models.runtime import LoadedModel
-
-    return LoadedModel.load(REGISTRY / "iris")
+def iris() -> SklearnModel:
+    return load_bundled("iris")
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +81,9 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 @pytest.fixture(scope="session")
 def settings(redis_server: RedisServer, postgres_server: PostgresServer) -> Settings:
-    """Settings pointing at the session's servers, with the schema migrated."""
+    """Settings pointing at the session's servers, with the schema migrated and the bundled models seeded."""
     settings = Settings(redis_url=redis_server.url, database_url=postgres_server.url)
-    upgrade(settings.require_database_url())
+    migrate(settings.require_database_url(), settings.bundled_models_dir)
     return settings
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Container health check: `mlapi-healthcheck api|web|worker` exits 0 when the service in this container is alive.
 
-api and web: their HTTP port answers (`/healthz` for the API). worker: it has no port, so it is alive when its
-worker in this container sent its heartbeat within `MLAPI_WORKER__LIVENESS_MS`, the same rule `/readyz` applies.
+api and web: their HTTP port answers (`/healthz` for the API). worker: it has no port, so it is alive when the
+worker in this container has a heartbeat in `mlapi:workers` (`queue.ALL_WORKERS`) no older than
+`MLAPI_WORKER__LIVENESS_MS`, the rule `/readyz` applies.
 Liveness only: readiness of the whole system is the API's `/readyz`.
 """
 
@@ -29,19 +30,15 @@ def http_alive(url: str) -> bool:
 
 
 async def worker_alive(settings: Settings) -> bool:
-    from mlapi.models.spec import read_registry
-
-    models = settings.worker.models or sorted(read_registry(settings.models_dir))
-    # The worker names its consumer `<host name>-<pid>` unless told a name.
+    # Every worker beats into one sorted set whatever it serves, so no model or registry is read here. The worker
+    # names its consumer `<host name>-<pid>` unless told a name; a container's host name is its own.
     own = settings.worker.consumer
     prefix = f"{socket.gethostname()}-"
     redis = queue.connect(settings.require_redis_url(), read_timeout_s=TIMEOUT_S)
     try:
-        for model in models:
-            for name in await queue.live_workers(redis, model, settings.worker.liveness_ms):
-                mine = name == own if own else name.startswith(prefix)
-                if mine:
-                    return True
+        for name in await queue.live_workers(redis, queue.ALL_WORKERS, settings.worker.liveness_ms):
+            if name == own if own else name.startswith(prefix):
+                return True
         print(f"no worker of this container ({own or prefix + '*'}) beat lately", file=sys.stderr)
         return False
     finally:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The container check CI runs (`make containers`): builds every image of the Dockerfile with podman, runs
 # each service's test target, brings compose.yaml up, sends a prediction through the API, reads it back
-# from /predictions, loads the web UI, scales the model workers to 3 and back to 1, and tears it all down.
+# from /predictions, adds a user's own classifier and regressor (trained here, uploaded with the host's
+# `mlapi models add`) to the running stack and predicts with them, loads the web UI, scales the model workers
+# to 3 and back to 1, and tears it all down. Needs the host's .venv (`make venv`) for the own-model step.
 # Exits non-zero on any failure; every step has a time limit and the whole run has one too.
 #
 # Only this script knows about podman; the Dockerfile and compose.yaml are the ones Docker users run.
@@ -35,6 +37,11 @@ PYTHON_STANDIN=localhost/mlapi-standin/python:3.11-bookworm
 REDIS_STANDIN=localhost/mlapi-standin/valkey:8-bookworm
 POSTGRES_STANDIN=localhost/mlapi-standin/postgres:15-bookworm
 MODEL=diabetes-risk
+# The user's own models, added at run time: names no bundled model has.
+OWN_CLASSIFIER=check-cancer
+OWN_REGRESSOR=check-progression
+HOST_PYTHON="$ROOT/.venv/bin/python"
+HOST_MLAPI="$ROOT/.venv/bin/mlapi"
 SAMPLE='{"gender":"Male","age":0,"hypertension":0,"heart_disease":0,"smoking_history":"current","bmi":0,"HbA1c_level":0,"blood_glucose_level":0}'
 
 STARTED=$SECONDS
@@ -349,9 +356,124 @@ load_web() {
     log "web UI: GET /history -> $(wc -c <<<"$page") bytes of HTML"
 }
 
+# Consumers in the group on the request stream of $MODEL's default version (one stream per model version).
 live_consumers() {
+    local version
+    version="$(http "http://127.0.0.1:$API_PORT/models/$MODEL" | json 'd.get("default_version", 1)')" || version=1
     podman exec "$(containers_of redis | head -n1)" sh -c \
-        "valkey-cli --no-raw XINFO CONSUMERS mlapi:requests:$MODEL mlapi-workers" 2>/dev/null | grep -c '"name"' || true
+        "valkey-cli --no-raw XINFO CONSUMERS 'mlapi:{$MODEL}:requests:$version' mlapi-workers" 2>/dev/null \
+        | grep -c '"name"' || true
+}
+
+# ---- the user's own models --------------------------------------------------------------------------------
+
+# What a user does: train on their machine (the host), save with skops, `mlapi models add` against the running
+# API. Writes $WORK/own/NAME.{skops,csv,json}: the artifact, its data (features and `target`), and the first
+# row's features with the host model's own answer for them, which the served model must repeat.
+train_own_models() {
+    mkdir -p "$WORK/own"
+    timeout 120 "$HOST_PYTHON" - "$WORK/own" "$OWN_CLASSIFIER" "$OWN_REGRESSOR" <<'PY'
+import json, sys
+from pathlib import Path
+
+import skops.io as sio
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+out, classifier, regressor = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+cancer = load_breast_cancer(as_frame=True)
+cancer.frame["target"] = cancer.target_names[cancer.target]  # string labels; feature names hold spaces
+for name, frame, model in [
+    (classifier, cancer.frame, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
+    (regressor, load_diabetes(as_frame=True).frame, LinearRegression()),
+]:
+    features = frame.drop(columns="target")
+    model.fit(features, frame["target"])
+    sio.dump(model, out / f"{name}.skops")
+    frame.to_csv(out / f"{name}.csv", index=False)
+    row = features.iloc[:1]
+    expected = model.predict(row)[0]
+    sample = {k: float(v) for k, v in row.iloc[0].items()}
+    answer = {"label": str(expected)} if isinstance(expected, str) else {"value": float(expected)}
+    (out / f"{name}.json").write_text(json.dumps({"sample": sample, **answer}))
+    print(f"{name}: {type(model).__name__} on {len(frame)} rows, {features.shape[1]} features", file=sys.stderr)
+PY
+}
+
+# check_own_answer NAME TASK ANSWER: ANSWER is NAME's, of TASK, and what the host's model itself said.
+check_own_answer() {
+    python3 - "$WORK/own/$1.json" "$1" "$2" "$3" <<'PY'
+import json, math, sys
+
+expected, name, task, answer = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+problems = []
+if answer.get("model") != name:
+    problems.append(f"model {answer.get('model')!r}, not {name!r}")
+if answer.get("task") != task:
+    problems.append(f"task {answer.get('task')!r}, not {task!r}")
+if str(answer.get("model_version", 1)) != "1":
+    problems.append(f"version {answer.get('model_version')!r}, not 1")
+value = answer.get("prediction")
+if task == "regression":
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"prediction {value!r} is not a number")
+    elif not math.isclose(value, expected["value"], rel_tol=1e-6, abs_tol=1e-6):
+        problems.append(f"prediction {value} where the model itself says {expected['value']}")
+    if answer.get("label") is not None:
+        problems.append("a regressor answered with a label")
+elif answer.get("label") != expected["label"]:
+    problems.append(f"label {answer.get('label')!r} where the model itself says {expected['label']!r}")
+if problems:
+    sys.exit(f"{name}: " + "; ".join(problems))
+PY
+}
+
+# wait_loaded NAME TIMEOUT: until a live worker holds NAME version 1 loaded (`ready` >= 1).
+wait_loaded() {
+    local name="$1" deadline=$((SECONDS + $2)) body ready
+    while ((SECONDS < deadline)); do
+        body="$(http "http://127.0.0.1:$API_PORT/models/$name/versions/1" 2>/dev/null || true)"
+        ready="$(json 'd.get("ready", 0)' <<<"$body" 2>/dev/null || echo 0)"
+        ((ready >= 1)) && { log "$name v1: $ready worker(s) ready"; return 0; }
+        sleep 1
+    done
+    fail "$name v1: no worker ready within $2 s: $body"
+}
+
+# add_own_model NAME TASK: upload, wait until served, predict, find the prediction in the history.
+add_own_model() {
+    local name="$1" task="$2" out answer id found
+    out="$(timeout 120 "$HOST_MLAPI" models add "$name" "$WORK/own/$name.skops" --data "$WORK/own/$name.csv" \
+        --target target --api "http://127.0.0.1:$API_PORT" 2>&1)" || fail "mlapi models add $name: $out"
+    log "mlapi models add $name: $out"
+    wait_loaded "$name" 60
+    answer="$(json 'json.dumps(d["sample"])' <"$WORK/own/$name.json" \
+        | http --fail-with-body -H 'Content-Type: application/json' --data-binary @- \
+            "http://127.0.0.1:$API_PORT/models/$name/predict")" || fail "POST /models/$name/predict: $answer"
+    log "POST /models/$name/predict: $answer"
+    check_own_answer "$name" "$task" "$answer" || fail "$name's answer"
+    id="$(json 'd["id"]' <<<"$answer")"
+    found="$(http --fail-with-body "http://127.0.0.1:$API_PORT/predictions?model=$name&limit=100")" \
+        || fail "GET /predictions?model=$name: $found"
+    json "[i['status'] for i in d['items'] if i['id'] == '$id']" <<<"$found" | grep -q "'done'" \
+        || fail "prediction $id is not listed as done in GET /predictions?model=$name"
+    log "GET /predictions?model=$name lists $id as done"
+}
+
+# Container ids with their start times: equal before and after means nothing was restarted.
+starts() { podman ps -q --filter "label=io.podman.compose.project=$PROJECT" | sort | xargs -r podman inspect --format '{{.Id}} {{.State.StartedAt}}'; }
+
+own_models() {
+    [[ -x "$HOST_MLAPI" ]] || fail "no $HOST_MLAPI: run make venv first"
+    local before
+    before="$(starts)"
+    train_own_models || fail "training the own models on the host"
+    add_own_model "$OWN_CLASSIFIER" classification
+    add_own_model "$OWN_REGRESSOR" regression
+    [[ "$(starts)" == "$before" ]] || fail "a container was (re)started while the own models were added"
+    log "own models served without restarting any container"
 }
 
 # podman-compose's `up --scale` adds replicas but removes none, so scaling down stops and removes the
@@ -386,6 +508,7 @@ images
 step "compose up (ordered by health)" up
 step "API ready" wait_ready 60
 step "predict + read back" predict_and_read_back
+step "add own models, predict" own_models
 step "web page" load_web
 step "scale model to 3" scale 3
 step "predict with 3 workers" predict_and_read_back

@@ -5,7 +5,8 @@
 - KEDA kinds (custom resources, which no Kubernetes schema covers): against deploy/kubernetes/schemas/.
 - This project's own rules: probes, resources and a locked-down security context on every container; the
   objects that HPA, KEDA, Services and PodDisruptionBudgets point at exist; autoscaled Deployments set no
-  replicas; KEDA watches the very stream and consumer group the workers use, for every model the package ships.
+  replicas; KEDA scales the workers on the API's `GET /backlog` (`total`, summed over every model version) through
+  the API's Service, and nothing names a model or a Redis key, since models are added at run time.
 
 `python validate.py DIR...` prints one line per check and exits 1 on any failure.
 """
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -45,18 +47,10 @@ def render(directory: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def queue_names() -> tuple[str, str]:
-    """The consumer group and the request stream's name pattern, read from the source of mlapi.queue."""
-    source = (ROOT / "src" / "mlapi" / "queue.py").read_text()
-    group = re.search(r'^GROUP = "([^"]+)"', source, re.M)
-    stream = re.search(r'def request_stream\(model: str\) -> str:\s+return f"([^"]+)"', source)
-    assert group and stream, "mlapi/queue.py no longer defines GROUP and request_stream as expected"
-    return group.group(1), stream.group(1)
-
-
-def registry_models() -> list[str]:
+def bundled_models() -> list[str]:
+    """The models the package seeds into the registry; the manifests must not name them."""
     registry = ROOT / "src" / "mlapi" / "models" / "registry"
-    return sorted(json.loads(p.read_text())["name"] for p in registry.glob("*/spec.json"))
+    return sorted(p.parent.name for p in registry.glob("*/spec.json"))
 
 
 class Report:
@@ -174,20 +168,91 @@ def check_sources(docs: list[Doc], report: Report, complete: bool) -> None:
         report.check(ref["key"] in keys, f"TriggerAuthentication: Secret {ref['name']} has key {ref['key']}")
 
 
-def check_keda_streams(docs: list[Doc], report: Report) -> None:
-    group, stream_pattern = queue_names()
-    wanted = {stream_pattern.replace("{model}", m) for m in registry_models()}
-    watched: set[str] = set()
+def number(value: object) -> float | None:
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+BACKLOG_PATH = "/backlog"
+BACKLOG_VALUE = "total"
+
+
+def check_keda_backlog(docs: list[Doc], report: Report) -> None:
+    """Workers scale on the API's backlog summed over all models, fetched through the API's Service."""
+    services = by_kind(docs, "Service")
+    api_pods = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in by_kind(docs, "Deployment").values()
+        if d["metadata"]["name"].endswith("-api")
+    ]
     for so in by_kind(docs, "ScaledObject").values():
-        for trigger in so["spec"]["triggers"]:
-            if trigger["type"] != "redis-streams":
-                continue
-            meta = trigger["metadata"]
-            watched.add(meta["stream"])
-            report.check(meta["consumerGroup"] == group, f"{ident(so)} trigger {trigger.get('name')}: group {group}")
-            report.check(meta["stream"] in wanted, f"{ident(so)} trigger {trigger.get('name')}: a model's stream")
-    for stream in sorted(wanted):
-        report.check(stream in watched, f"KEDA watches {stream}")
+        where = ident(so)
+        triggers = so["spec"]["triggers"]
+        report.check(
+            all(t["type"] != "redis-streams" for t in triggers), f"{where}: no per-stream trigger (streams come and go)"
+        )
+        backlog = [t for t in triggers if t["type"] == "metrics-api"]
+        report.check(len(backlog) == 1, f"{where}: one metrics-api trigger on the backlog")
+        for trigger in backlog:
+            meta, name = trigger["metadata"], f"{where} trigger {trigger.get('name')}"
+            report.check(meta.get("valueLocation") == BACKLOG_VALUE, f"{name}: valueLocation {BACKLOG_VALUE}")
+            report.check(meta.get("format", "json") == "json", f"{name}: format json")
+            report.check(trigger.get("metricType", "AverageValue") == "AverageValue", f"{name}: backlog per worker")
+            target, activation = number(meta.get("targetValue")), number(meta.get("activationTargetValue", "0"))
+            ordered = target is not None and activation is not None and 0 <= activation < target
+            report.check(ordered, f"{name}: 0 <= activationTargetValue < targetValue")
+            check_backlog_url(meta.get("url", ""), so, services, api_pods, name, report)
+
+
+def check_backlog_url(
+    url: str, so: Doc, services: dict[str, Doc], api_pods: list[dict[str, str]], name: str, report: Report
+) -> None:
+    """`http://SERVICE.NAMESPACE.svc[.cluster.local]:PORT/backlog`: KEDA's operator calls it from its own
+    namespace, so the URL names the namespace, which must be the ScaledObject's (once an overlay sets one)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").split(".")
+    report.check(parts.scheme == "http" and parts.path == BACKLOG_PATH, f"{name}: {url} is http://...{BACKLOG_PATH}")
+    named = len(host) >= 3 and host[2] == "svc" and host[3:] in ([], ["cluster", "local"])
+    report.check(named, f"{name}: {url} names a Service as SERVICE.NAMESPACE.svc")
+    if not named:
+        return
+    namespace = so["metadata"].get("namespace")
+    if namespace:
+        report.check(host[1] == namespace, f"{name}: {url} is in the ScaledObject's namespace {namespace}")
+    service = services.get(host[0])
+    report.check(service is not None, f"{name}: Service {host[0]} exists")
+    if service is None:
+        return
+    ports = [p["port"] for p in service["spec"]["ports"]]
+    report.check((parts.port or 80) in ports, f"{name}: Service {host[0]} has port {parts.port or 80}")
+    selector = service["spec"]["selector"]
+    selects_api = any(all(labels.get(k) == v for k, v in selector.items()) for labels in api_pods)
+    report.check(selects_api, f"{name}: Service {host[0]} selects the API's pods")
+
+
+def check_names_no_model(docs: list[Doc], report: Report) -> None:
+    """Models and their streams come and go at run time: no manifest may name one (nor any Redis key)."""
+    models = bundled_models()
+    # mlapi's Redis keys look like `mlapi:{model}:...` or `mlapi:requests:...`; `mlapi:PASSWORD@` in a URL does not.
+    keys = r"\bmlapi:(?:\{|[a-z-]+:)"
+    pattern = re.compile("|".join([keys, *(rf"\b{re.escape(m)}\b" for m in models)]))
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield str(k)
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    for doc in docs:
+        found = sorted({m.group(0) for s in strings(doc) for m in pattern.finditer(s)})
+        report.check(not found, f"{ident(doc)} names a model or a Redis key: {', '.join(found)}")
 
 
 def main(directories: list[str]) -> int:
@@ -203,7 +268,8 @@ def main(directories: list[str]) -> int:
         check_autoscaling(docs, report)
         check_selectors(docs, report)
         check_sources(docs, report, complete)
-        check_keda_streams(docs, report)
+        check_keda_backlog(docs, report)
+        check_names_no_model(docs, report)
         print(f"  {report.passed} checks ok, {len(report.failures)} failed")
         failed = failed or bool(report.failures)
     return 1 if failed else 0

@@ -1,9 +1,10 @@
-"""`mlapi up | api | worker | web | migrate | train | bench`: build Settings once and hand them down."""
+"""`mlapi up | api | worker | web | migrate | train | models | bench`: build Settings once and hand them down."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,19 +27,55 @@ def _parser() -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="serve the web UI")
     web.add_argument("--host")
     web.add_argument("--port", type=int)
-    commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser("migrate", help="bring the database schema up to date and seed the bundled models")
     train = commands.add_parser("train", help="train a model into the registry")
     train.add_argument("name", choices=["diabetes-risk", "iris"])
     train.add_argument("--data", type=Path, help="training data (CSV) for diabetes-risk")
     train.add_argument("--out", type=Path, help="registry folder (default: MLAPI_MODELS_DIR)")
-    train.add_argument("--version", default="1", help="version written into the spec")
+    train.add_argument("--version", type=int, default=1, help="version the trained spec is checked as")
+    _models_parser(commands.add_parser("models", help="add, list, promote and remove the models served"))
     bench = commands.add_parser("bench", help="benchmark mlapi against the alternatives")
     bench.add_argument("--quick", action="store_true", help="short run for development")
     return parser
 
 
+def _models_parser(models: argparse.ArgumentParser) -> None:
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--api", help="the API's URL (default: MLAPI_API_URL, else http://127.0.0.1:8000)")
+    api.add_argument("--api-key", help="API key sent as a bearer token (default: MLAPI_API_KEY)")
+    actions = models.add_subparsers(dest="action", required=True)
+    add = actions.add_parser(
+        "add", parents=[api], help="add a version of a model from a skops artifact; the spec is inferred here"
+    )
+    add.add_argument("name", help="the model's name: lowercase letters, digits and '-'")
+    add.add_argument("artifact", type=Path, help="the trained estimator or pipeline, saved with skops")
+    add.add_argument("--data", type=Path, help="CSV of sample rows: feature kinds, ranges, example (and metrics)")
+    add.add_argument("--target", help="column of --data holding the true answer: metrics are computed on it")
+    add.add_argument("--task", choices=["classification", "regression"], help="where the artifact does not say")
+    add.add_argument("--promote", action="store_true", help="make the new version the default")
+    add.add_argument(
+        "--trust", action="append", default=[], metavar="TYPE", help="accept a type skops does not trust (repeatable)"
+    )
+    add.add_argument("--description", help="what the model predicts")
+    add.add_argument("--spec", type=Path, help="a spec (JSON) to use instead of inferring one")
+    add.add_argument(
+        "--from-pickle", action="store_true", help="convert a pickle or joblib file you made yourself to skops"
+    )
+    actions.add_parser("list", parents=[api], help="models, versions, default version, status, ready workers")
+    promote = actions.add_parser("promote", parents=[api], help="make a version the model's default")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    remove = actions.add_parser("remove", parents=[api], help="remove a version, or the whole model")
+    remove.add_argument("name")
+    remove.add_argument("version", type=int, nargs="?")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "models":  # a client of the API: it needs none of the services' settings
+        from mlapi.models.manage import run
+
+        raise SystemExit(run(args))
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
@@ -64,14 +101,15 @@ def main(argv: list[str] | None = None) -> None:
         settings.web = settings.web.model_copy(update=_given(args, "host", "port"))
         _serve(create_web(settings), settings.web.host, settings.web.port, settings)
     elif args.command == "migrate":
-        from mlapi.storage.migrate import upgrade
+        from mlapi.storage.migrate import migrate
 
-        upgrade(settings.require_database_url())
+        for line in migrate(settings.require_database_url(), settings.bundled_models_dir):
+            print(line)
     elif args.command == "train":
         from mlapi.models.train import train_named
 
-        spec = train_named(args.name, args.data, args.out or settings.models_dir, args.version)
-        print(f"trained {spec.name} v{spec.version}: {spec.metrics.model_dump_json()}")
+        spec = train_named(args.name, args.data, args.out or settings.bundled_models_dir, args.version)
+        print(f"trained {spec.name} v{spec.version}: {json.dumps(spec.metrics)}")
     elif args.command == "bench":
         from mlapi.bench import run_bench
 

@@ -1,4 +1,8 @@
-"""The messages that cross Redis between the API and the workers: one definition, msgpack on the wire."""
+"""The messages that cross Redis between the API and the workers: one definition, msgpack on the wire.
+
+`Output` is the one definition of a prediction's result: runtimes return it, `Result` carries it back to the
+API, and the history table and the HTTP schemas (`mlapi.schemas`) are checked against it by a test.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,32 @@ import msgspec
 Value = str | int | float
 
 
+class Output(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """What a model answers for one row."""
+
+    prediction: int | float | None = None
+    """Classification: the index of the predicted class. Regression: the predicted value."""
+    label: str | None = None
+    """Classification: the predicted class's label."""
+    probability: float | None = None
+    """Probability of the predicted class, for classifiers that give probabilities."""
+    probabilities: dict[str, float] | None = None
+    """Probability of every class, by label, for classifiers that give probabilities."""
+
+
+OUTPUT_FIELDS = tuple(Output.__struct_fields__)
+
+
+class Result(Output, frozen=True, omit_defaults=True, kw_only=True):
+    """One row's answer: the model's output, or the error that row failed with."""
+
+    id: str
+    """Prediction id: the primary key of its history row."""
+    warnings: list[str] = []
+    """Features outside the range seen in training."""
+    error: str | None = None
+
+
 class Row(msgspec.Struct, frozen=True):
     id: str
     """Prediction id: the primary key of its history row."""
@@ -16,10 +46,11 @@ class Row(msgspec.Struct, frozen=True):
 
 
 class Job(msgspec.Struct, frozen=True):
-    """One request as queued: a single sample or a batch, answered together."""
+    """One request as queued on its model version's stream: a single sample or a batch, answered together."""
 
     id: str
     model: str
+    version: int
     rows: list[Row]
     reply_to: str
     """Stream of the API process waiting for the answer."""
@@ -27,14 +58,15 @@ class Job(msgspec.Struct, frozen=True):
     """When the API accepted the request; the history rows keep it."""
 
 
-class Result(msgspec.Struct, frozen=True, omit_defaults=True):
+class Validation(msgspec.Struct, frozen=True):
+    """A request to load-check an uploaded artifact before the registry stores it."""
+
     id: str
-    prediction: int | None = None
-    label: str | None = None
-    probability: float | None = None
-    probabilities: dict[str, float] | None = None
-    warnings: list[str] = []
-    error: str | None = None
+    spec: bytes
+    """The version's `ModelSpec` as JSON."""
+    artifact_key: str
+    """Redis key holding the artifact's bytes for the time of the check."""
+    reply_to: str
 
 
 class Timings(msgspec.Struct, frozen=True):
@@ -52,20 +84,20 @@ class Timings(msgspec.Struct, frozen=True):
 
 class Reply(msgspec.Struct, frozen=True):
     id: str
-    """Id of the job answered."""
-    model_version: str
+    """Id of the job (or validation) answered."""
     results: list[Result]
     timings: Timings | None = None
     error: str | None = None
-    """Set when the job failed as a whole (it was dead-lettered)."""
+    """Set when the job failed as a whole (it was dead-lettered), or the validation's reason for refusal."""
 
 
 _job_decoder = msgspec.msgpack.Decoder(Job)
+_validation_decoder = msgspec.msgpack.Decoder(Validation)
 _replies_decoder = msgspec.msgpack.Decoder(list[Reply])
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(message: Job | Reply | list[Reply]) -> bytes:
+def encode(message: Job | Validation | Reply | list[Reply]) -> bytes:
     """A job, or the replies of one batch to one API process: they travel as a single stream entry."""
     return _encoder.encode(message)
 
@@ -73,6 +105,10 @@ def encode(message: Job | Reply | list[Reply]) -> bytes:
 def decode_job(data: bytes) -> Job:
     """Raises `msgspec.DecodeError` (a `ValueError`) on a malformed message."""
     return _job_decoder.decode(data)
+
+
+def decode_validation(data: bytes) -> Validation:
+    return _validation_decoder.decode(data)
 
 
 def decode_replies(data: bytes) -> list[Reply]:

@@ -1,8 +1,10 @@
-"""Every Redis key name, and the operations on them: enqueue, read, claim, reply, acknowledge, dead-letter.
+"""Every Redis key name, and the operations on them: enqueue, read, claim, reply, acknowledge, dead-letter,
+heartbeats, registry events and artifact validation.
 
-Requests go to one stream per model, read by the consumer group `GROUP`. A message is acknowledged only
-after its history rows are committed, so a worker that dies holding it leaves it pending, and live
+Requests go to one stream per model version, read by the consumer group `GROUP`. A message is acknowledged
+only after its history rows are committed, so a worker that dies holding it leaves it pending, and live
 workers reclaim it after the visibility timeout (XAUTOCLAIM). Answers go to one stream per API process.
+A model's keys share the hash tag `{<model>}`, so a Redis Cluster keeps them in one slot.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from mlapi.contract import Job, Reply, decode_job, encode
+from mlapi.contract import Job, Reply, Validation, decode_job, encode
 
 GROUP = "mlapi-workers"
 FIELD = b"d"
@@ -31,23 +33,51 @@ REPLY_TTL_S = 3600
 DEAD_LETTER_MAXLEN = 100_000
 WORKERS_MEMORY_MS = 3600_000
 """Heartbeats older than this are dropped."""
+ALL_WORKERS = "mlapi:workers"
+"""Sorted set of every worker by its last heartbeat (ms since the epoch), whatever it serves."""
+REGISTRY_EVENTS = "mlapi:registry:events"
+"""Registry changes (a version added, promoted or removed); every process re-reads the registry on one."""
+EVENTS_MAXLEN = 1000
+VALIDATION_TTL_S = 120
+"""How long an uploaded artifact waits in Redis for a worker to load-check it."""
+
+Key = tuple[str, int]
+"""A model version: (model name, version number)."""
 
 
-def request_stream(model: str) -> str:
-    return f"mlapi:requests:{model}"
+def request_stream(model: str, version: int) -> str:
+    return f"mlapi:{{{model}}}:requests:{version}"
 
 
 def dead_letter_stream(model: str) -> str:
-    return f"mlapi:dead:{model}"
+    return f"mlapi:{{{model}}}:dead"
+
+
+def workers_key(model: str, version: int) -> str:
+    """Sorted set of the workers holding the version loaded, by their last heartbeat (ms since the epoch)."""
+    return f"mlapi:{{{model}}}:workers:{version}"
+
+
+def load_errors_key(model: str, version: int) -> str:
+    """Hash of worker -> why it could not load the version."""
+    return f"mlapi:{{{model}}}:load-errors:{version}"
+
+
+def runtime_workers_key(runtime: str) -> str:
+    """Sorted set of the workers able to load artifacts of a runtime, by their last heartbeat."""
+    return f"mlapi:runtimes:{runtime}"
+
+
+def validation_stream(runtime: str) -> str:
+    return f"mlapi:validate:{runtime}"
+
+
+def validation_artifact_key(validation_id: str) -> str:
+    return f"mlapi:validation:{validation_id}"
 
 
 def reply_stream(api_id: str) -> str:
     return f"mlapi:replies:{api_id}"
-
-
-def workers_key(model: str) -> str:
-    """Sorted set of the model's workers by the time of their last heartbeat (ms since the epoch)."""
-    return f"mlapi:workers:{model}"
 
 
 def queued_key(prediction_id: str) -> str:
@@ -66,11 +96,12 @@ async def enqueue(redis: Redis, job: Job, *, track: bool) -> None:
     requests, and (through `mark_queued`) of requests that timed out. A waiting client learns its ids
     only with the answer, when the history row exists.
     """
+    stream = request_stream(job.model, job.version)
     if not track:
-        await redis.xadd(request_stream(job.model), {FIELD: encode(job)})
+        await redis.xadd(stream, {FIELD: encode(job)})
         return
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(request_stream(job.model), {FIELD: encode(job)})
+        pipe.xadd(stream, {FIELD: encode(job)})
         _mark(pipe, job)
         await pipe.execute()
 
@@ -82,13 +113,13 @@ async def mark_queued(redis: Redis, job: Job) -> None:
 
 
 def _mark(pipe: Pipeline, job: Job) -> None:
-    marker = json.dumps({"model": job.model, "created_at": job.created_at.isoformat()})
+    marker = json.dumps({"model": job.model, "version": job.version, "created_at": job.created_at.isoformat()})
     for row in job.rows:
         pipe.set(queued_key(row.id), marker, ex=QUEUED_TTL_S)
 
 
-async def queued(redis: Redis, prediction_id: str) -> dict[str, str] | None:
-    """The model and acceptance time of a prediction still in the queue, or None."""
+async def queued(redis: Redis, prediction_id: str) -> dict[str, Any] | None:
+    """The model, version and acceptance time of a prediction still in the queue, or None."""
     marker = await redis.get(queued_key(prediction_id))
     return json.loads(marker) if marker else None
 
@@ -98,44 +129,47 @@ class Delivery:
     """One stream entry handed to this consumer: a decoded job, or the reason it could not be decoded."""
 
     model: str
+    version: int
     entry_id: str
     fields: dict[bytes, bytes]
     deliveries: int = 1
     job: Job | None = None
     error: str | None = None
 
+    @property
+    def key(self) -> Key:
+        return self.model, self.version
+
     @classmethod
-    def of(cls, model: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Delivery:
-        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        delivery = cls(model=model, entry_id=entry, fields=fields)
+    def of(cls, key: Key, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Delivery:
+        delivery = cls(model=key[0], version=key[1], entry_id=_text(entry_id), fields=fields)
         try:
             delivery.job = decode_job(fields[FIELD])
         except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as e:
             delivery.error = f"malformed message: {type(e).__name__}: {e}"
             return delivery
-        if delivery.job.model != model:
-            delivery.error = f"message for model {delivery.job.model!r} on the stream of {model!r}"
+        if (delivery.job.model, delivery.job.version) != key:
+            job = delivery.job
+            delivery.error = f"message for {job.model!r} version {job.version} on the stream of {key[0]!r} {key[1]}"
         return delivery
 
 
-async def ensure_groups(redis: Redis, models: Iterable[str]) -> None:
-    """Create each model's stream and group; from id 0, so jobs queued before any worker ran are served."""
-    for model in models:
+async def ensure_groups(redis: Redis, streams: Iterable[str]) -> None:
+    """Create each stream and its group; from id 0, so entries queued before any worker ran are served."""
+    for stream in streams:
         try:
-            await redis.xgroup_create(request_stream(model), GROUP, id="0", mkstream=True)
+            await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
 
-async def read_new(redis: Redis, consumer: str, models: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
-    """Block until entries arrive on any model's stream; take up to `count` per stream at once."""
-    response = await redis.xreadgroup(
-        GROUP, consumer, {request_stream(m): ">" for m in models}, count=count, block=block_ms
-    )
-    by_stream = {request_stream(m): m for m in models}
+async def read_new(redis: Redis, consumer: str, keys: Sequence[Key], count: int, block_ms: int) -> list[Delivery]:
+    """Block until entries arrive on any version's stream; take up to `count` per stream at once."""
+    by_stream = {request_stream(*k): k for k in keys}
+    response = await redis.xreadgroup(GROUP, consumer, dict.fromkeys(by_stream, ">"), count=count, block=block_ms)
     return [
-        Delivery.of(by_stream[stream.decode()], entry_id, fields)
+        Delivery.of(by_stream[_text(stream)], entry_id, fields)
         for stream, entries in stream_items(response)
         for entry_id, fields in entries
         if fields is not None
@@ -152,21 +186,20 @@ def stream_items(response: Any) -> list[tuple[bytes, list[Any]]]:
 
 
 async def claim_stale(
-    redis: Redis, consumer: str, model: str, min_idle_ms: int, count: int, cursor: str = "0-0"
+    redis: Redis, consumer: str, key: Key, min_idle_ms: int, count: int, cursor: str = "0-0"
 ) -> tuple[str, list[Delivery]]:
     """Take over entries another consumer has held unacknowledged for `min_idle_ms`, with their delivery counts."""
-    stream = request_stream(model)
+    stream = request_stream(*key)
     response = await redis.xautoclaim(stream, GROUP, consumer, min_idle_ms, cursor, count=count)
     next_cursor, entries = response[0], response[1]
-    claimed = [Delivery.of(model, entry_id, fields) for entry_id, fields in entries if fields]
+    claimed = [Delivery.of(key, entry_id, fields) for entry_id, fields in entries if fields]
     if claimed:
         async with redis.pipeline(transaction=False) as pipe:
             for d in claimed:
                 pipe.xpending_range(stream, GROUP, min=d.entry_id, max=d.entry_id, count=1)
             for d, pending in zip(claimed, await pipe.execute(), strict=True):
                 d.deliveries = int(pending[0]["times_delivered"]) if pending else 1
-    cursor_text = next_cursor.decode() if isinstance(next_cursor, bytes) else str(next_cursor)
-    return cursor_text, claimed
+    return _text(next_cursor), claimed
 
 
 async def finish(
@@ -180,6 +213,7 @@ async def finish(
         for delivery, error in dead:
             fields: dict[bytes | str, bytes | str | int] = {
                 b"error": error,
+                b"version": delivery.version,
                 b"entry_id": delivery.entry_id,
                 b"deliveries": delivery.deliveries,
                 b"failed_at": str(time.time()),
@@ -195,11 +229,10 @@ async def finish(
         for stream, reply in replies:
             by_reply_stream.setdefault(stream, []).append(reply)
         for stream, batch in by_reply_stream.items():  # one entry per API process, not per job
-            pipe.xadd(stream, {FIELD: encode(batch)}, maxlen=REPLY_MAXLEN, approximate=True)
-            pipe.expire(stream, REPLY_TTL_S)
+            _reply(pipe, stream, batch)
         by_stream: dict[str, list[str]] = {}
         for d in acks:
-            by_stream.setdefault(request_stream(d.model), []).append(d.entry_id)
+            by_stream.setdefault(request_stream(d.model, d.version), []).append(d.entry_id)
         if done := [queued_key(row.id) for d in acks if d.job for row in d.job.rows]:
             pipe.delete(*done)  # the history row answers for them now
         for stream, ids in by_stream.items():
@@ -207,14 +240,19 @@ async def finish(
         await pipe.execute()
 
 
+def _reply(pipe: Pipeline, stream: str, replies: list[Reply]) -> None:
+    pipe.xadd(stream, {FIELD: encode(replies)}, maxlen=REPLY_MAXLEN, approximate=True)
+    pipe.expire(stream, REPLY_TTL_S)
+
+
 def _next_id(entry_id: str) -> str:
     ms, _, seq = entry_id.partition("-")
     return f"{ms}-{int(seq or 0) + 1}"
 
 
-async def trim_acknowledged(redis: Redis, model: str) -> None:
+async def trim_acknowledged(redis: Redis, key: Key) -> None:
     """Drop entries every consumer has acknowledged; pending and undelivered ones stay."""
-    stream = request_stream(model)
+    stream = request_stream(*key)
     async with redis.pipeline(transaction=True) as pipe:  # one consistent view of the group
         pipe.xinfo_groups(stream)
         pipe.xpending(stream, GROUP)
@@ -237,61 +275,162 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def heartbeat(redis: Redis, consumer: str, models: Iterable[str], alive: bool = True) -> None:
-    """Record that this worker is alive (or, on a clean exit, gone); old entries are dropped on the way.
+async def heartbeat(
+    redis: Redis, consumer: str, keys: Iterable[Key], runtimes: Iterable[str], alive: bool = True
+) -> None:
+    """Record that this worker is alive and holds these versions and runtimes (or, when not `alive`, that it
+    no longer does); old entries are dropped on the way.
 
-    A sorted set of consumers by their last beat, rather than the group's idle times, whose meaning
-    differs across Redis versions (before 7.2 an empty blocking read does not count as activity).
+    Sorted sets of consumers by their last beat, rather than the group's idle times, whose meaning differs
+    across Redis versions (before 7.2 an empty blocking read does not count as activity).
     """
     now_ms = int(time.time() * 1000)
+    sets = [workers_key(*k) for k in keys] + [runtime_workers_key(r) for r in runtimes]
     async with redis.pipeline(transaction=False) as pipe:
-        for model in models:
+        for name in [*sets, ALL_WORKERS] if alive else sets:
             if alive:
-                pipe.zadd(workers_key(model), {consumer: now_ms})
-                pipe.zremrangebyscore(workers_key(model), 0, now_ms - WORKERS_MEMORY_MS)
+                pipe.zadd(name, {consumer: now_ms})
+                pipe.zremrangebyscore(name, 0, now_ms - WORKERS_MEMORY_MS)
             else:
-                pipe.zrem(workers_key(model), consumer)
+                pipe.zrem(name, consumer)
         await pipe.execute()
 
 
-async def live_workers(redis: Redis, model: str, max_idle_ms: int) -> list[str]:
-    """Consumer names of the model's workers that beat within `max_idle_ms`."""
-    names = await redis.zrangebyscore(workers_key(model), int(time.time() * 1000) - max_idle_ms, "+inf")
+async def leave(redis: Redis, consumer: str) -> None:
+    await redis.zrem(ALL_WORKERS, consumer)
+
+
+async def live_workers(redis: Redis, key_name: str, max_idle_ms: int) -> list[str]:
+    """Consumer names in a heartbeat set (`workers_key`, `runtime_workers_key`) that beat within `max_idle_ms`."""
+    names = await redis.zrangebyscore(key_name, int(time.time() * 1000) - max_idle_ms, "+inf")
     return [_text(n) for n in names if isinstance(n, bytes | str)]
 
 
+async def live_counts(redis: Redis, keys: Sequence[Key], max_idle_ms: int) -> dict[Key, int]:
+    """How many live workers hold each version, in one round trip."""
+    since = int(time.time() * 1000) - max_idle_ms
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in keys:
+            pipe.zcount(workers_key(*k), since, "+inf")
+        counts = await pipe.execute()
+    return {k: int(c) for k, c in zip(keys, counts, strict=True)}
+
+
+async def report_load(redis: Redis, consumer: str, key: Key, error: str | None) -> None:
+    """Record why this worker could not load a version, or clear it once it could."""
+    if error is None:
+        await redis.hdel(load_errors_key(*key), consumer)
+    else:
+        await redis.hset(load_errors_key(*key), consumer, error)
+
+
+async def load_errors(redis: Redis, key: Key, max_idle_ms: int) -> dict[str, str]:
+    """Why live workers could not load a version, by worker."""
+    errors = {_text(k): _text(v) for k, v in (await redis.hgetall(load_errors_key(*key))).items()}
+    live = set(await live_workers(redis, ALL_WORKERS, max_idle_ms)) if errors else set()
+    return {worker: error for worker, error in errors.items() if worker in live}
+
+
+# ---- registry events -------------------------------------------------------------------------------------
+
+
+async def announce(redis: Redis, kind: str, model: str, version: int | None = None) -> None:
+    """Tell every process the registry changed (`added`, `promoted`, `removed`)."""
+    event = {"kind": kind, "model": model, "version": "" if version is None else str(version)}
+    await redis.xadd(REGISTRY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+
+
+async def last_event_id(redis: Redis) -> str:
+    newest: list[tuple[bytes, Any]] = await redis.xrevrange(REGISTRY_EVENTS, count=1)  # type: ignore[assignment]
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+async def wait_for_events(redis: Redis, after: str, block_ms: int) -> tuple[str, int]:
+    """Block until registry events newer than `after` arrive or `block_ms` passes; returns the newest id seen
+    and how many events arrived."""
+    response = await redis.xread({REGISTRY_EVENTS: after}, count=100, block=block_ms)
+    entries = [entry for _stream, items in stream_items(response) for entry in items]
+    return (_text(entries[-1][0]) if entries else after), len(entries)
+
+
+# ---- artifact validation ---------------------------------------------------------------------------------
+
+
+async def request_validation(redis: Redis, runtime: str, validation: Validation, artifact: bytes) -> None:
+    """Hand an uploaded artifact to one worker able to load its runtime."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(validation.artifact_key, artifact, ex=VALIDATION_TTL_S)
+        pipe.xadd(validation_stream(runtime), {FIELD: encode(validation)}, maxlen=EVENTS_MAXLEN, approximate=True)
+        await pipe.execute()
+
+
+async def read_validations(
+    redis: Redis, consumer: str, runtimes: Sequence[str], block_ms: int
+) -> list[tuple[str, str, bytes]]:
+    """Block until validation requests arrive; returns (stream, entry id, message) for each."""
+    streams = [validation_stream(r) for r in runtimes]
+    response = await redis.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block_ms)
+    return [
+        (_text(stream), _text(entry_id), fields[FIELD])
+        for stream, entries in stream_items(response)
+        for entry_id, fields in entries
+        if fields and FIELD in fields
+    ]
+
+
+async def answer_validation(redis: Redis, stream: str, entry_id: str, validation: Validation, reply: Reply) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        _reply(pipe, validation.reply_to, [reply])
+        pipe.delete(validation.artifact_key)
+        pipe.xack(stream, GROUP, entry_id)
+        await pipe.execute()
+
+
+# ---- statistics ------------------------------------------------------------------------------------------
+
 STATS = {
-    "length": "Entries in the model's request stream (acknowledged ones until trimmed)",
+    "length": "Entries in the version's request stream (acknowledged ones until trimmed)",
     "lag": "Entries in the request stream not yet delivered to any worker",
     "pending": "Entries delivered to a worker and not yet acknowledged",
-    "dead_letters": "Entries in the model's dead-letter stream",
-    "live_workers": "Workers of the model with a recent heartbeat",
+    "live_workers": "Workers holding the version loaded, with a recent heartbeat",
 }
 
 
-async def stats(redis: Redis, model: str, liveness_ms: int) -> dict[str, int]:
-    """The numbers of `STATS` for one model, in one round trip; the lag is what autoscaling follows."""
-    stream = request_stream(model)
+async def stats(redis: Redis, keys: Sequence[Key], liveness_ms: int) -> dict[Key, dict[str, int]]:
+    """The numbers of `STATS` for each version, in one round trip; the lag is what autoscaling follows."""
+    since = int(time.time() * 1000) - liveness_ms
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(stream)
-        pipe.xinfo_groups(stream)
-        pipe.xlen(dead_letter_stream(model))
-        pipe.zcount(workers_key(model), int(time.time() * 1000) - liveness_ms, "+inf")
-        length, groups, dead, live = await pipe.execute(raise_on_error=False)
-    group: dict[str, Any] = {}
-    if isinstance(groups, list):  # an error instead when no stream exists yet
-        group = next((g for g in groups if _text(g["name"]) == GROUP), {})
-    return {
-        "length": int(length),
-        "lag": int(group.get("lag") or 0),
-        "pending": int(group.get("pending") or 0),
-        "dead_letters": int(dead),
-        "live_workers": int(live),
-    }
+        for k in keys:
+            pipe.xlen(request_stream(*k))
+            pipe.xinfo_groups(request_stream(*k))
+            pipe.zcount(workers_key(*k), since, "+inf")
+        answers = await pipe.execute(raise_on_error=False)
+    out = {}
+    for i, k in enumerate(keys):
+        length, groups, live = answers[3 * i : 3 * i + 3]
+        group: dict[str, Any] = {}
+        if isinstance(groups, list):  # an error instead when no stream exists yet
+            group = next((g for g in groups if _text(g["name"]) == GROUP), {})
+        out[k] = {
+            "length": int(length) if isinstance(length, int) else 0,
+            "lag": int(group.get("lag") or 0),
+            "pending": int(group.get("pending") or 0),
+            "live_workers": int(live) if isinstance(live, int) else 0,
+        }
+    return out
 
 
-async def prune_consumers(redis: Redis, model: str, max_idle_ms: int) -> None:
+async def dead_letters(redis: Redis, models: Sequence[str]) -> dict[str, int]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in models:
+            pipe.xlen(dead_letter_stream(m))
+        counts = await pipe.execute()
+    return {m: int(c) for m, c in zip(models, counts, strict=True)}
+
+
+async def prune_consumers(redis: Redis, key: Key, max_idle_ms: int) -> None:
     """Forget consumers gone for long that hold nothing, so the group lists only workers that may return."""
-    for c in await redis.xinfo_consumers(request_stream(model), GROUP):
+    stream = request_stream(*key)
+    for c in await redis.xinfo_consumers(stream, GROUP):
         if int(c["pending"]) == 0 and int(c["idle"]) > max_idle_ms:
-            await redis.xgroup_delconsumer(request_stream(model), GROUP, _text(c["name"]))
+            await redis.xgroup_delconsumer(stream, GROUP, _text(c["name"]))

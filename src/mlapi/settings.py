@@ -20,9 +20,13 @@ class ApiSettings(BaseModel):
     max_instances: int = Field(256, ge=1)
     """Most samples one `{"instances": [...]}` request may carry."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
-    """Largest request body accepted; larger ones get a 413."""
+    """Largest request body accepted; larger ones get a 413 (artifact uploads have their own limit)."""
+    max_artifact_bytes: int = Field(200_000_000, ge=1024)
+    """Largest artifact `POST /models/{name}/versions` accepts; larger ones get a 413."""
+    validation_timeout_s: float = Field(30.0, gt=0)
+    """How long an upload waits for a worker to load-check its artifact before a 503."""
     default_model: str = "diabetes-risk"
-    """Model served by `POST /predict`."""
+    """Model whose default version `POST /predict` serves."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser (the web UI's own origin)."""
     reply_block_ms: int = Field(1000, ge=100)
@@ -31,7 +35,7 @@ class ApiSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     models: list[str] = []
-    """Models this worker serves; empty means every model in the registry."""
+    """Models this worker serves (every version of each); empty means every model in the registry."""
     batch_size: int = Field(64, ge=1)
     """Most queued messages taken, predicted and stored together."""
     block_ms: int = Field(1000, ge=10)
@@ -43,7 +47,7 @@ class WorkerSettings(BaseModel):
     trim_interval_s: float = Field(5.0, gt=0)
     """How often acknowledged entries are trimmed from the request stream."""
     liveness_ms: int = Field(5000, ge=100)
-    """A worker that has not read the queue for this long is not counted live by `/readyz`."""
+    """A worker without a heartbeat for this long is not counted live (by `/readyz` and the API's routing)."""
     consumer: str | None = None
     """Consumer name in the group; defaults to host name and pid."""
 
@@ -87,8 +91,11 @@ class Settings(BaseSettings):
     """Redis-compatible broker, e.g. `redis://127.0.0.1:6379/0`; `mlapi up` starts one when unset."""
     database_url: str | None = None
     """PostgreSQL, e.g. `postgresql://user:pw@host/db`; `mlapi up` starts one when unset."""
-    models_dir: Path = PACKAGE_DIR / "models" / "registry"
-    """Registry folder: one directory per model holding `spec.json` and its artifact."""
+    bundled_models_dir: Path = PACKAGE_DIR / "models" / "registry"
+    """Models shipped with the package (a directory each: `spec.json` and `model.skops`); `mlapi migrate`
+    seeds them into the registry, which lives in PostgreSQL."""
+    registry_refresh_s: float = Field(5.0, gt=0)
+    """Every process re-reads the registry at least this often, as the backstop to its change events."""
     log_level: str = "INFO"
     """Log level of every service."""
     api: ApiSettings = ApiSettings()

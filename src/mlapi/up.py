@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mlapi.servers import PostgresServer, RedisServer
 from mlapi.settings import Settings
-from mlapi.storage.migrate import upgrade
+from mlapi.storage.migrate import migrate
 
 STOP_TIMEOUT_S = 8.0
 
@@ -70,7 +70,8 @@ def run_up(settings: Settings) -> None:
             servers.callback(postgres.stop)
             database_url = postgres.url
         settings = settings.model_copy(update={"redis_url": redis_url, "database_url": database_url})
-        upgrade(settings.require_database_url())
+        for line in migrate(settings.require_database_url(), settings.bundled_models_dir):
+            print(line, flush=True)
         env = {**os.environ, "MLAPI_REDIS_URL": redis_url, "MLAPI_DATABASE_URL": database_url}
         print(f"mlapi: data in {data_dir}\n  redis      {redis_url}\n  postgres   {database_url}", flush=True)
         try:

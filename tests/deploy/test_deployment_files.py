@@ -1,25 +1,31 @@
 """compose.yaml, .env.example and the Kubernetes base agree with the issue's promises and with the code.
 
 The files are run for real by `make containers` and `make kubernetes`; these checks are the fast, offline
-part: a service that lost its healthcheck, a variable missing from .env.example, or a KEDA trigger watching
-a stream the workers no longer use fails here first.
+part: a service that lost its healthcheck, a variable missing from .env.example, a KEDA trigger that no
+longer reads the API's backlog, or a deployment file that names a model (models are added at run time) fails
+here first.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import socket
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev extra
 
 from mlapi import queue
-from mlapi.models.spec import read_registry
-from mlapi.settings import PACKAGE_DIR
+from mlapi.servers import RedisServer
+from mlapi.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
+KUBERNETES = REPO / "deploy" / "kubernetes"
 MLAPI_SERVICES = ["migrate", "api", "model", "web"]
 
 
@@ -95,14 +101,87 @@ def test_every_variable_compose_reads_is_in_env_example() -> None:
         assert re.search(rf"\$\{{{secret}:\?", COMPOSE.read_text()), secret
 
 
-def test_keda_watches_the_workers_streams_and_group() -> None:
-    docs = load_all(REPO / "deploy" / "kubernetes" / "base" / "model.yaml")
+def test_keda_scales_the_workers_on_the_backlog_the_api_reports() -> None:
+    docs = load_all(KUBERNETES / "base" / "model.yaml")
     [scaled] = [d for d in docs if d["kind"] == "ScaledObject"]
-    triggers = [t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "redis-streams"]
-    assert {t["consumerGroup"] for t in triggers} == {queue.GROUP}
-    models = read_registry(PACKAGE_DIR / "models" / "registry")
-    assert {t["stream"] for t in triggers} == {queue.request_stream(m) for m in models}
-    assert any("lagCount" in t for t in triggers) and any("pendingEntriesCount" in t for t in triggers)
+    # One trigger for all models: a trigger per stream would miss every model added at run time.
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"
+    assert trigger.get("metricType", "AverageValue") == "AverageValue"  # backlog per worker
+    meta = trigger["metadata"]
+    assert meta["valueLocation"] == "total"
+    assert 0 <= float(meta.get("activationTargetValue", "0")) < float(meta["targetValue"])
+    # KEDA's operator calls from its own namespace: SERVICE.NAMESPACE.svc, on the API Service's port.
+    url = urlsplit(meta["url"])
+    service_name, _namespace, svc = (url.hostname or "").split(".")[:3]
+    assert (url.scheme, url.path, svc) == ("http", "/backlog", "svc")
+    [service] = [d for d in load_all(KUBERNETES / "base" / "api.yaml") if d["kind"] == "Service"]
+    assert service["metadata"]["name"] == service_name
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    assert "authenticationRef" not in trigger  # GET /backlog needs no credentials
+
+
+def test_the_example_overlay_keeps_the_backlog_url_in_its_namespace() -> None:
+    overlay = load(KUBERNETES / "overlays" / "example" / "kustomization.yaml")
+    [replacement] = overlay["replacements"]
+    assert replacement["source"] == {"kind": "Service", "name": "mlapi-api", "fieldPath": "metadata.namespace"}
+    [target] = replacement["targets"]
+    assert target["select"]["kind"] == "ScaledObject"
+    assert target["options"] == {"delimiter": ".", "index": 1}
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.parent.name for p in Settings().bundled_models_dir.glob("*/spec.json"))
+
+
+def deployment_files() -> list[Path]:
+    return [COMPOSE, REPO / ".env.example", *sorted(KUBERNETES.rglob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", deployment_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_deployment_file_names_a_model_or_a_stream(path: Path) -> None:
+    """Models and versions are added at run time; a file that names one pins the deployment to today's."""
+    models = bundled_models()
+    assert models, "no bundled model found: the check below would prove nothing"
+    text = path.read_text()
+    assert not re.findall(rf"\b({'|'.join(map(re.escape, models))})\b", text)
+    assert not re.findall(r"\bmlapi:(?:\{|[a-z-]+:)", text), "a Redis key name (they live in mlapi.queue)"
+    assert "MLAPI_WORKER__MODELS" not in text, "workers serve every model of the registry"
+
+
+def load_healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("healthcheck", REPO / "deploy" / "docker" / "healthcheck.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+async def test_worker_healthcheck_follows_this_containers_heartbeat(redis_server: RedisServer) -> None:
+    healthcheck = load_healthcheck()
+    settings = Settings(redis_url=redis_server.url)
+    named = Settings(redis_url=redis_server.url, worker={"consumer": "worker-7"})
+    redis = queue.connect(redis_server.url)
+    try:
+        await redis.delete(queue.ALL_WORKERS)
+        assert not await healthcheck.worker_alive(settings)
+        # Another container's worker does not count; this container's (host name, any pid) does.
+        await queue.heartbeat(redis, "elsewhere-1", [], [])
+        assert not await healthcheck.worker_alive(settings)
+        await queue.heartbeat(redis, f"{socket.gethostname()}-42", [("some-model", 3)], ["sklearn"])
+        assert await healthcheck.worker_alive(settings)
+        assert not await healthcheck.worker_alive(named)
+        await queue.heartbeat(redis, "worker-7", [], [])
+        assert await healthcheck.worker_alive(named)
+        # A beat older than the liveness window is not alive.
+        await redis.zadd(queue.ALL_WORKERS, {"worker-7": 1})
+        assert not await healthcheck.worker_alive(named)
+        await queue.leave(redis, f"{socket.gethostname()}-42")
+        assert not await healthcheck.worker_alive(settings)
+    finally:
+        await redis.delete(queue.ALL_WORKERS)
+        await redis.aclose()
 
 
 def test_api_probes_use_the_health_endpoints() -> None:

@@ -5,26 +5,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import signal
+import subprocess
+
 import httpx
 import pytest
 
-from mlapi.models.spec import read_registry
+from mlapi.models.spec import read_bundled
 from tests.conftest import ORIGINAL_CLIENT_SAMPLE, REGISTRY, Stack, StackFactory, wait_until
 
 pytestmark = pytest.mark.e2e
-EXAMPLE = read_registry(REGISTRY)["diabetes-risk"].example
+EXAMPLE = read_bundled(REGISTRY)["diabetes-risk"][0].example
 
 
 @pytest.fixture(scope="module")
 def stack(stack_factory: StackFactory) -> Stack:
-    # Workers serve diabetes-risk only, so iris requests stay queued: that is how timeouts are tested.
+    # Heartbeats count for a minute here, so a worker stopped with SIGSTOP still looks live and the requests
+    # routed to it stay queued: that is how timeouts are tested.
     stack = stack_factory(MLAPI_API__REQUEST_TIMEOUT_S="1.5", MLAPI_API__MAX_INSTANCES="8",
-                          MLAPI_API__MAX_BODY_BYTES="4096")  # fmt: skip
+                          MLAPI_API__MAX_BODY_BYTES="4096", MLAPI_WORKER__LIVENESS_MS="60000")  # fmt: skip
     stack.start_api()
     stack.start_worker("--model", "diabetes-risk")
     stack.start_worker("--model", "diabetes-risk")
+    stack.start_worker("--model", "iris")
     stack.wait_ready()
+    with httpx.Client(base_url=stack.url) as client:
+        iris = "/models/iris/versions/{}".format(client.get("/models/iris").json()["default_version"])
+        wait_until(lambda: client.get(iris).json()["ready"] == 1, 30, "the iris worker")
     return stack
+
+
+def iris_worker(stack: Stack) -> subprocess.Popen[bytes]:
+    return stack.workers[2]
 
 
 @pytest.fixture
@@ -56,8 +68,10 @@ def test_hello_docs_and_models(client: httpx.Client) -> None:
     sample = body["oneOf"][0]
     assert set(sample["required"]) == set(ORIGINAL_CLIENT_SAMPLE)
     assert "/models/iris/predict" in openapi["paths"]
-    models = client.get("/models").json()
-    assert [m["name"] for m in models] == ["diabetes-risk", "iris"]
+    models = {m["name"]: m for m in client.get("/models").json()}
+    assert {"diabetes-risk", "iris"} <= set(models)
+    assert models["iris"]["task"] == "classification" and models["iris"]["ready"] == 1
+    assert models["diabetes-risk"]["default_version"] in models["diabetes-risk"]["versions"]
     spec = client.get("/models/diabetes-risk").json()
     assert spec["metrics"]["roc_auc"] >= 0.97
     assert {f["name"]: f["kind"] for f in spec["features"]}["hypertension"] == "flag"
@@ -67,14 +81,16 @@ def test_the_original_client_gets_a_prediction_that_is_stored(client: httpx.Clie
     response = client.post("/predict", json=ORIGINAL_CLIENT_SAMPLE)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"id", "model", "model_version", "prediction", "label", "probability", "probabilities",
-                         "created_at", "warnings"}  # fmt: skip
+    assert set(body) == {"id", "model", "model_version", "task", "prediction", "label", "probability",
+                         "probabilities", "created_at", "warnings"}  # fmt: skip
+    assert body["task"] == "classification"
     assert body["model"] == "diabetes-risk" and body["prediction"] in (0, 1)
     assert body["label"] == ["no diabetes", "diabetes"][body["prediction"]]
     assert any(w.startswith("bmi=0") for w in body["warnings"])
     assert "queue;dur=" in response.headers["server-timing"]
     record = client.get(f"/predictions/{body['id']}").json()
-    assert record["status"] == "done"
+    assert record["status"] == "done" and record["task"] == "classification"
+    assert record["model_version"] == body["model_version"]
     assert record["features"]["smoking_history"] == "current"
     assert record["probability"] == pytest.approx(body["probability"])
     assert record["created_at"] is not None and record["completed_at"] is not None
@@ -104,17 +120,18 @@ def test_wait_false_answers_202_with_a_location_that_resolves(client: httpx.Clie
 
 def test_a_request_without_an_answer_in_time_gets_504_and_lands_later(client: httpx.Client, stack: Stack) -> None:
     sample = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
-    response = client.post("/models/iris/predict", json=sample)
-    assert response.status_code == 504
-    prediction_id = response.json()["id"]
-    assert client.get(f"/predictions/{prediction_id}").json()["status"] == "queued"
-    worker = stack.start_worker("--model", "iris")
+    worker = iris_worker(stack)
+    worker.send_signal(signal.SIGSTOP)
     try:
-        record = done(client, prediction_id)
-        assert record["status"] == "done" and record["label"] == "virginica"
+        response = client.post("/models/iris/predict", json=sample)
+        assert response.status_code == 504
+        prediction_id = response.json()["id"]
+        queued = client.get(f"/predictions/{prediction_id}").json()
+        assert queued["status"] == "queued" and queued["model"] == "iris"
     finally:
-        worker.terminate()
-        worker.wait(10)
+        worker.send_signal(signal.SIGCONT)
+    record = done(client, prediction_id)
+    assert record["status"] == "done" and record["label"] == "virginica"
 
 
 @pytest.mark.parametrize(
@@ -154,6 +171,8 @@ def test_malformed_oversized_and_unknown_get_precise_errors(client: httpx.Client
     unknown = client.post("/models/nope/predict", json=ORIGINAL_CLIENT_SAMPLE)
     assert unknown.status_code == 404 and "diabetes-risk" in unknown.json()["detail"]
     assert client.get("/models/nope").status_code == 404
+    no_version = client.post("/models/iris/versions/999/predict", json={})
+    assert no_version.status_code == 404 and "no version 999" in no_version.json()["detail"]
     assert client.get("/predictions/00000000-0000-0000-0000-000000000000").status_code == 404
     assert client.get("/predictions/not-a-uuid").status_code == 422
 
@@ -179,6 +198,8 @@ def metric(text: str, name: str) -> float:
 
 
 def test_metrics_count_requests_and_show_the_queue(client: httpx.Client) -> None:
+    diabetes = client.get("/models/diabetes-risk").json()["default_version"]
+    iris = client.get("/models/iris").json()["default_version"]
     before = client.get("/metrics").text
     ok = 'mlapi_predict_requests_total{model="diabetes-risk",outcome="ok"}'
     invalid = 'mlapi_predict_requests_total{model="diabetes-risk",outcome="invalid"}'
@@ -188,12 +209,15 @@ def test_metrics_count_requests_and_show_the_queue(client: httpx.Client) -> None
     assert after.headers["content-type"].startswith("text/plain")
     assert metric(after.text, ok) == metric(before, ok) + 1
     assert metric(after.text, invalid) == metric(before, invalid) + 1
-    assert metric(after.text, 'mlapi_queue_live_workers{model="diabetes-risk"}') == 2
-    assert metric(after.text, 'mlapi_queue_live_workers{model="iris"}') == 0
-    assert metric(after.text, 'mlapi_queue_lag{model="diabetes-risk"}') == 0
+    assert metric(after.text, f'mlapi_queue_live_workers{{model="diabetes-risk",version="{diabetes}"}}') == 2
+    assert metric(after.text, f'mlapi_queue_live_workers{{model="iris",version="{iris}"}}') == 1
+    assert metric(after.text, f'mlapi_queue_lag{{model="diabetes-risk",version="{diabetes}"}}') == 0
     assert metric(after.text, 'mlapi_stage_seconds_count{stage="predict"}') >= 1
 
 
 def test_readyz_reports_the_stack_ready(client: httpx.Client) -> None:
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready"
+    diabetes = client.get("/models/diabetes-risk").json()["default_version"]
+    assert ready["workers"]["diabetes-risk"][str(diabetes)] == 2
     assert client.get("/healthz").json() == {"status": "alive"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 
 import msgspec
 from redis.asyncio import Redis
@@ -63,13 +64,18 @@ class ReplyDispatcher:
         return len(self._waiting)
 
     async def submit(self, redis: Redis, job: Job, timeout_s: float) -> Reply:
-        """Queue the job and wait for its answer; the future exists before the job can be answered."""
+        """Queue the job and wait for its answer."""
         ids = [row.id for row in job.rows]
+        return await self.call(job.id, queue.enqueue(redis, job, track=False), timeout_s, ids)
+
+    async def call(self, reply_id: str, send: Awaitable[None], timeout_s: float, ids: list[str]) -> Reply:
+        """Send a message (a job, a validation) and wait for the reply with its id; the future exists before
+        the message can be answered. `ids` are what a client is told on a timeout or a lost broker."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiting[job.id] = future
+        self._waiting[reply_id] = future
         try:
             try:
-                await queue.enqueue(redis, job, track=False)
+                await send
             except RedisError as e:
                 raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
             try:
@@ -79,7 +85,7 @@ class ReplyDispatcher:
             except BrokerUnavailable as e:
                 raise BrokerUnavailable(str(e), ids) from None
         finally:
-            self._waiting.pop(job.id, None)
+            self._waiting.pop(reply_id, None)
 
     def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}

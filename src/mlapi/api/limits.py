@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,24 +12,32 @@ class BodyTooLarge(Exception):
     pass
 
 
+UPLOAD_PATH = re.compile(r"^/models/[^/]+/versions/?$")
+"""Artifact uploads, which have a limit of their own."""
+
+
 class BodyLimit:
     """413 for a declared Content-Length over the limit; a streamed body that grows past it raises BodyTooLarge."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["method"] == "POST" and UPLOAD_PATH.match(scope["path"])
+        # Multipart framing around the artifact and its spec needs a little room beyond the artifact's limit.
+        limit = self.max_upload_bytes + (1 << 20) if upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 await _reply(send, 400, "malformed Content-Length header")
                 return
-            if int(declared) > self.max_bytes:
-                await _reply(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}")
+            if int(declared) > limit:
+                await _reply(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {limit}")
                 return
         seen = 0
 
@@ -36,8 +46,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+                if seen > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             return message
 
         await self.app(scope, limited, send)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
@@ -37,9 +37,12 @@ class Metrics:
         )  # fmt: skip
         self.in_flight = Gauge("mlapi_in_flight", "Requests waiting for their answer", registry=self.registry)
         self._queue = {
-            name: Gauge(f"mlapi_queue_{name}", text, ["model"], registry=self.registry)
+            name: Gauge(f"mlapi_queue_{name}", text, ["model", "version"], registry=self.registry)
             for name, text in queue.STATS.items()
         }
+        self._dead = Gauge(
+            "mlapi_queue_dead_letters", "Entries in the model's dead-letter stream", ["model"], registry=self.registry
+        )
 
     def answered(self, model: str, seconds: float, reply: Reply) -> None:
         self.requests.labels(model, "ok").inc()
@@ -50,8 +53,13 @@ class Metrics:
             self.stage.labels("store").observe(t.store_ms / 1000)
             self.batch_rows.observe(t.batch_rows)
 
-    async def render(self, redis: Redis, models: Iterable[str], liveness_ms: int) -> bytes:
-        for model in models:
-            for name, value in (await queue.stats(redis, model, liveness_ms)).items():
-                self._queue[name].labels(model).set(value)
+    async def render(self, redis: Redis, keys: Sequence[queue.Key], liveness_ms: int) -> bytes:
+        """The process's metrics, with every model version's queue as Redis sees it now."""
+        for gauge in (*self._queue.values(), self._dead):
+            gauge.clear()  # a removed version's or model's series go with it
+        for (model, version), stats in (await queue.stats(redis, keys, liveness_ms)).items():
+            for name, value in stats.items():
+                self._queue[name].labels(model, str(version)).set(value)
+        for model, count in (await queue.dead_letters(redis, sorted({m for m, _ in keys}))).items():
+            self._dead.labels(model).set(count)
         return generate_latest(self.registry)

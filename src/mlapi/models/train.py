@@ -1,9 +1,8 @@
-"""`mlapi train`: fit a model with a fixed seed, score it on a stratified holdout, write artifact and spec."""
+"""`mlapi train`: fit a bundled model with a fixed seed, score it on a stratified holdout, write artifact and spec."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,16 +14,15 @@ import skops.io
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlapi.models.runtime import TRUSTED_TYPES, LoadedModel
-from mlapi.models.spec import SPEC_FILE, DataInfo, Feature, Metrics, ModelSpec
+from mlapi import runtimes
+from mlapi.models.infer import classification_metrics
+from mlapi.models.spec import ARTIFACT_FILE, SPEC_FILE, DataInfo, Feature, ModelSpec, SpecBody
 
 SEED = 42
-ARTIFACT = "model.skops"
 DEFAULT_DIABETES_DATA = Path("../shared/data/diabetes_prediction_dataset.csv")
 
 
@@ -122,50 +120,45 @@ def build_pipeline(features: list[Feature]) -> Pipeline:
     )
 
 
-def score(pipeline: Pipeline, x: pd.DataFrame, y: np.ndarray) -> Metrics:
+def score(pipeline: Pipeline, x: pd.DataFrame, y: np.ndarray) -> dict[str, float | int]:
+    """Holdout metrics; the classes are 0..n-1, as the labels index them."""
     probabilities = pipeline.predict_proba(x)
-    predicted = probabilities.argmax(axis=1)
-    binary = probabilities.shape[1] == 2
-    return Metrics(
-        roc_auc=float(
-            roc_auc_score(y, probabilities[:, 1]) if binary else roc_auc_score(y, probabilities, multi_class="ovr")
-        ),
-        accuracy=float(accuracy_score(y, predicted)),
-        f1=float(f1_score(y, predicted, average="binary" if binary else "macro")),
-        holdout_rows=len(y),
-    )
+    return classification_metrics(y, probabilities.argmax(axis=1), probabilities, probabilities.shape[1])
 
 
-def train(name: str, dataset: Dataset, out_dir: Path, version: str) -> ModelSpec:
-    """Fit on a stratified 80 % split, score on the other 20 %, and write the model directory."""
+def train(name: str, dataset: Dataset, out_dir: Path, version: int = 1) -> ModelSpec:
+    """Fit on a stratified 80 % split, score on the other 20 %, and write the model directory.
+
+    The spec trusts exactly the types skops does not trust by default that the artifact holds (the bundled
+    pipelines hold only scikit-learn's own); loading it back through `mlapi.runtimes.load` proves both match.
+    """
     x_train, x_test, y_train, y_test = train_test_split(
         dataset.frame, dataset.target, test_size=0.2, stratify=dataset.target, random_state=SEED
     )
     pipeline = build_pipeline(dataset.features).fit(x_train, y_train)
-    spec = ModelSpec(
-        name=name,
-        version=version,
+    artifact = skops.io.dumps(pipeline)
+    body = SpecBody(
+        runtime="sklearn",
+        task="classification",
         description=dataset.description,
         labels=dataset.labels,
         features=dataset.features,
-        artifact=ARTIFACT,
         metrics=score(pipeline, x_test, y_test),
         data=dataset.info,
         trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
         framework={"scikit-learn": sklearn.__version__, "skops": skops.__version__},
+        trusted=sorted(skops.io.get_untrusted_types(data=artifact)),
     )
     directory = out_dir / name
     directory.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(pipeline, directory / ARTIFACT)
-    untrusted = set(skops.io.get_untrusted_types(file=directory / ARTIFACT)) - set(TRUSTED_TYPES)
-    if untrusted:
-        raise RuntimeError(f"artifact holds types outside TRUSTED_TYPES: {sorted(untrusted)}")
-    (directory / SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
-    LoadedModel.load(directory)  # proves the artifact loads with the trusted types and matches the spec
+    (directory / ARTIFACT_FILE).write_bytes(artifact)
+    (directory / SPEC_FILE).write_text(body.model_dump_json(indent=2) + "\n")
+    spec = ModelSpec.read(directory, version)
+    runtimes.load(spec, artifact)  # raises LoadError if the artifact and its spec do not serve together
     return spec
 
 
-def train_named(name: str, data: Path | None, out_dir: Path, version: str) -> ModelSpec:
+def train_named(name: str, data: Path | None, out_dir: Path, version: int = 1) -> ModelSpec:
     if name == "diabetes-risk":
         return train(name, diabetes_dataset(data or DEFAULT_DIABETES_DATA), out_dir, version)
     if name == "iris":

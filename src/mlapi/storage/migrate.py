@@ -1,7 +1,8 @@
-"""`mlapi migrate`: bring the database schema to the newest Alembic revision."""
+"""`mlapi migrate`: bring the database schema to the newest Alembic revision and seed the bundled models."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -19,3 +20,21 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+def migrate(database_url: str, bundled_dir: Path) -> list[str]:
+    """The schema up to date, then the package's models in the registry (idempotent); returns what was seeded."""
+    from mlapi.models.spec import read_bundled
+    from mlapi.storage.registry import RegistryRepository
+    from mlapi.storage.repository import engine_for
+
+    upgrade(database_url)
+
+    async def seed() -> list[str]:
+        engine = engine_for(database_url)
+        try:
+            return await RegistryRepository(engine).seed(read_bundled(bundled_dir))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(seed())

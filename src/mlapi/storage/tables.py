@@ -1,4 +1,4 @@
-"""The database tables, defined once; the migrations create them and the repository queries them."""
+"""The database tables, defined once; the migrations create them and the repositories query them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 metadata = sa.MetaData()
 
 STATUSES = ("queued", "done", "failed")
+TASKS = ("classification", "regression")
 
 predictions = sa.Table(
     "predictions",
@@ -15,9 +16,11 @@ predictions = sa.Table(
     sa.Column("id", UUID(as_uuid=False), primary_key=True),
     sa.Column("model", sa.Text, nullable=False),
     sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("task", sa.Text, nullable=False, server_default="classification"),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("features", JSONB, nullable=False),
-    sa.Column("prediction", sa.Integer),
+    sa.Column("prediction", sa.Integer),  # a classifier's predicted class
+    sa.Column("value", sa.Double),  # a regressor's predicted value
     sa.Column("label", sa.Text),
     sa.Column("probability", sa.Float),
     sa.Column("probabilities", JSONB),
@@ -26,6 +29,38 @@ predictions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("completed_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint(f"status IN {STATUSES}", name="ck_predictions_status"),
+    sa.CheckConstraint(f"task IN {TASKS}", name="ck_predictions_task"),
     sa.Index("ix_predictions_created", sa.text("created_at DESC"), sa.text("id DESC")),
     sa.Index("ix_predictions_model_created", "model", sa.text("created_at DESC"), sa.text("id DESC")),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("default_version", sa.Integer),
+    # Versions are never reused while the model exists: the history names them.
+    sa.Column("next_version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("model", sa.Text, sa.ForeignKey("models.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("runtime", sa.Text, nullable=False),
+    sa.Column("task", sa.Text, nullable=False),
+    sa.Column("spec", JSONB, nullable=False),
+    sa.Column("artifact", sa.LargeBinary, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("trusted", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("metrics", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # `bundled` for versions `mlapi migrate` seeds from the package, `upload` for the rest.
+    sa.Column("origin", sa.Text, nullable=False, server_default="upload"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(f"task IN {TASKS}", name="ck_model_versions_task"),
+    sa.UniqueConstraint("model", "sha256", name="uq_model_versions_sha256"),
 )

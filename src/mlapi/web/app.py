@@ -25,11 +25,21 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlapi.api.schemas import ModelSummary
+from mlapi.models.spec import ModelSpec
+from mlapi.schemas import ModelSummary, PredictionRecord
 from mlapi.settings import Settings
-from mlapi.web import charts
+from mlapi.web import charts, describe
 from mlapi.web.client import Answer, ApiClient, ApiProblem, InvalidSample
-from mlapi.web.forms import FormErrors, controls, errors_by_field, feature_label, format_number, sample_from_form
+from mlapi.web.forms import (
+    RESERVED,
+    FormErrors,
+    controls,
+    errors_by_field,
+    feature_label,
+    field_name,
+    format_number,
+    sample_from_form,
+)
 
 log = logging.getLogger("mlapi.web")
 HERE = Path(__file__).resolve().parent
@@ -102,36 +112,70 @@ async def _form(request: Request) -> dict[str, str]:
     return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
+def _chosen(params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The model and version asked for: `model=iris&version=2`, or the picker's `model=iris@2`."""
+    name, version = params.get("model") or None, params.get("version") or None
+    if name and "@" in name:
+        name, _, version = name.partition("@")
+    return name, version or None
+
+
+def _pick(
+    settings: Settings, models: list[ModelSummary], name: str | None, version: str | None
+) -> tuple[ModelSummary, int]:
+    """The model and the version to use: the one asked for, else the model's default."""
+    model = _find_model(models, name) if name else _default_model(settings, models)
+    if model is None:
+        raise HTTPException(404, f"There is no model called {name!r}.")
+    if version is None:
+        return model, model.default_version
+    number = _int_or_none(version)
+    if number is None or number not in model.versions:
+        raise HTTPException(404, f"The model {model.name} has no version {version!r}.")
+    return model, number
+
+
+def picker_options(models: list[ModelSummary], name: str, version: int) -> list[tuple[str, str, bool]]:
+    """(value, text, selected) of every model's versions, the default first: `iris` is the default, `iris@1` v1."""
+    options = []
+    for m in models:
+        for v in sorted(m.versions, key=lambda v: (v != m.default_version, -v)):
+            value = m.name if v == m.default_version else f"{m.name}@{v}"
+            text = f"{m.name} v{v}" + (" (default)" if v == m.default_version else "")
+            options.append((value, text, m.name == name and v == version))
+    return options
+
+
 async def predict_page(request: Request) -> Response:
     """GET shows the form (pre-filled from the query or the spec's example); POST also shows the answer."""
     models = await _models(request)
     submitted = await _form(request) if request.method == "POST" else dict(request.query_params)
-    name = submitted.get("model") or request.query_params.get("model")
-    model = _find_model(models, name) if name else _default_model(_settings(request), models)
-    if model is None:
-        raise HTTPException(404, f"There is no model called {name!r}.")
-    spec = await api(request).spec(model.name)
-    values = {k: v for k, v in submitted.items() if k != "model"}
+    model, number = _pick(_settings(request), models, *_chosen({**request.query_params, **submitted}))
+    info = await api(request).version(model.name, number)
+    spec = info.spec
+    values = {k: v for k, v in submitted.items() if k not in RESERVED}
     answer: Answer | None = None
     problem: ApiProblem | None = None
     errors = FormErrors()
     status = 200
     if request.method == "POST":
         try:
-            answer = await api(request).predict(spec.name, sample_from_form(spec, values))
+            answer = await api(request).predict(spec.name, spec.version, sample_from_form(spec, values))
         except InvalidSample as e:
             errors, status = errors_by_field(spec, e.errors), 422
         except ApiProblem as e:
             problem, status = e, e.status_code
-            log.warning("prediction with %s failed: %s", spec.name, e.message)
+            log.warning("prediction with %s v%d failed: %s", spec.name, spec.version, e.message)
     context = {
-        "nav": "predict", "models": models, "spec": spec, "controls": controls(spec, values, errors.by_field),
-        "errors": errors, "answer": answer, "problem": problem,
+        "nav": "predict", "picker": picker_options(models, model.name, number), "spec": spec, "info": info,
+        "default_version": model.default_version, "about": describe.metrics(spec),
+        "controls": controls(spec, values, errors.by_field), "errors": errors, "answer": answer, "problem": problem,
     }  # fmt: skip
     return render(request, "predict.html", context, status)
 
 
 def _int_or_none(value: str | None) -> int | None:
+    """`value` as an integer, or None when it is missing or not one."""
     try:
         return int(value) if value not in (None, "") else None
     except ValueError:
@@ -139,9 +183,10 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def _class_options(models: list[ModelSummary], model: ModelSummary | None) -> list[tuple[int, str]]:
+    """The predicted classes to filter by: the model's, or by index across every classifier; none for a regressor."""
     if model is not None:
         return list(enumerate(model.labels))
-    most = max(len(m.labels) for m in models)
+    most = max((len(m.labels) for m in models), default=0)
     return [(i, f"class {i} ({', '.join(m.labels[i] for m in models if i < len(m.labels))})") for i in range(most)]
 
 
@@ -154,7 +199,9 @@ async def history_page(request: Request) -> Response:
     models = await _models(request)
     params = request.query_params
     model = _find_model(models, params.get("model"))
-    prediction = _int_or_none(params.get("prediction"))
+    class_options = _class_options(models, model)
+    # A class filter applies to classifiers: it is dropped when the chosen model has no classes.
+    prediction = _int_or_none(params.get("prediction")) if class_options else None
     cursor = params.get("cursor") or None
     client = api(request)
     name = model.name if model else None
@@ -165,7 +212,7 @@ async def history_page(request: Request) -> Response:
     newest = page.items[0].id if page.items else ""
     context = {
         "nav": "history", "models": models, "model": model, "prediction": prediction, "cursor": cursor,
-        "class_options": _class_options(models, model), "page": page, "window": window,
+        "class_options": class_options, "page": page, "window": window,
         "charts": charts.history_charts(window.items), "series": charts.series_order(window.items),
         "next_query": _query(params, cursor=page.next_cursor) if page.next_cursor else None,
         "first_query": _query(params, cursor=None), "live": cursor is None and settings.web.refresh_s > 0,
@@ -174,16 +221,27 @@ async def history_page(request: Request) -> Response:
     return render(request, "history.html", context)
 
 
+async def _answered_by(client: ApiClient, record: PredictionRecord) -> ModelSpec | None:
+    """The spec of the version that answered, else the model's default version's; None for a model gone."""
+    version = _int_or_none(record.model_version)
+    if version is not None:
+        with contextlib.suppress(ApiProblem):
+            return (await client.version(record.model, version)).spec
+    with contextlib.suppress(ApiProblem):  # a version or a model no longer served still has its history
+        return await client.model(record.model)
+    return None
+
+
 async def prediction_page(request: Request) -> Response:
     prediction_id: uuid.UUID = request.path_params["prediction_id"]
     record = await api(request).prediction(str(prediction_id))
-    spec = None
-    with contextlib.suppress(ApiProblem):  # a model no longer served still has its history
-        spec = await api(request).spec(record.model)
+    spec = await _answered_by(api(request), record)
     again = None
     if spec is not None and record.features:
-        values = {k: format_number(v) if isinstance(v, float) else str(v) for k, v in record.features.items()}
-        again = urlencode({"model": record.model, **values})
+        values = {
+            field_name(k): format_number(v) if isinstance(v, float) else str(v) for k, v in record.features.items()
+        }
+        again = urlencode({"model": record.model, "version": spec.version, **values})
     context = {
         "nav": "history", "record": record, "spec": spec, "again": again,
         "latency_ms": charts.latency_ms(record),
@@ -223,13 +281,6 @@ async def unexpected(request: Request, exc: Exception) -> Response:
 
 
 def _filters(env: jinja2.Environment) -> None:
-    def percent(value: float | None) -> str:
-        if value is None:
-            return "-"
-        if 0.999 <= value < 1:
-            return ">99.9%"  # never claim a certainty the model did not give
-        return f"{value:.1%}" if 0 < value < 0.1 or 0.99 < value < 1 else f"{value:.0%}"
-
     def utc(value: datetime | None, seconds: bool = True) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") if value else "-"
 
@@ -238,7 +289,10 @@ def _filters(env: jinja2.Environment) -> None:
             return "-"
         return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.1f} ms"
 
-    env.filters.update(percent=percent, utc=utc, duration=duration, feature_label=feature_label)
+    env.filters.update(
+        percent=describe.percent, number=describe.number, sentence=describe.sentence,
+        utc=utc, duration=duration, feature_label=feature_label,
+    )  # fmt: skip
     env.globals["latency"] = charts.latency_ms
     env.globals["series_class"] = lambda labels, label: (
         f"series-{labels.index(label) % charts.SERIES_COLOURS}" if label in labels else "series-0"

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from markupsafe import Markup, escape
 
-from mlapi.api.schemas import PredictionRecord
+from mlapi.schemas import PredictionRecord
+from mlapi.web.describe import number
 
 WIDTH, HEIGHT = 360, 200
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 40, 12, 12, 34
@@ -24,6 +25,9 @@ MAX_TIME_BINS = 24
 ROW_HEIGHT = 32.0
 """Height of one bar of a horizontal bar chart."""
 PERCENTILES = ((50, "p50"), (90, "p90"), (95, "p95"), (99, "p99"))
+VALUE_SERIES = "value (regression)"
+"""The series of regressors' answers among the classes of the chart over time."""
+NOTHING_YET = "No predictions to show yet."
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ def _y_axis(top: float, unit: str = "") -> tuple[list[str], float]:
     return parts, plot_h
 
 
+def regression_value(record: PredictionRecord) -> float | None:
+    """A regressor's answer; None for a classification and for a row without an answer."""
+    if record.task != "regression" or record.prediction is None:
+        return None
+    return float(record.prediction)
+
+
 def series_order(records: Sequence[PredictionRecord]) -> list[str]:
     """Predicted labels in a stable order (by model, then class), so one label keeps one colour on a page."""
     seen = {(r.model, r.prediction or 0, r.label) for r in records if r.label is not None}
@@ -111,7 +122,8 @@ def class_distribution(records: Sequence[PredictionRecord]) -> Chart:
     title = "Predicted classes"
     done = [r for r in records if r.label is not None]
     if not done:
-        return Chart(title, "No predictions to show yet.", None)
+        empty = "No classes to show: these are a regressor's answers." if _has_values(records) else NOTHING_YET
+        return Chart(title, empty, None)
     labels = series_order(done)
     counts = Counter(r.label for r in done)
     total = len(done)
@@ -145,7 +157,8 @@ def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -
     title = "How sure the model was"
     values = [r.probability for r in records if r.probability is not None]
     if not values:
-        return Chart(title, "No predictions to show yet.", None)
+        labelled = any(r.label is not None for r in records)
+        return Chart(title, "None of these predictions came with probabilities." if labelled else NOTHING_YET, None)
     counts = [0] * bins
     for p in values:
         counts[min(bins - 1, max(0, int(p * bins)))] += 1
@@ -233,17 +246,17 @@ def _width_words(width_s: int) -> str:
 
 def predictions_over_time(records: Sequence[PredictionRecord]) -> Chart:
     title = "Predictions over time"
-    dated = [r for r in records if r.created_at is not None and r.label is not None]
+    dated = [r for r in records if r.created_at is not None and _series(r) is not None]
     if not dated:
-        return Chart(title, "No predictions to show yet.", None)
+        return Chart(title, NOTHING_YET, None)
     stamps = [r.created_at.timestamp() for r in dated if r.created_at is not None]
     width = bin_width_s(max(stamps) - min(stamps))
     first = math.floor(min(stamps) / width)
     n_bins = math.floor(max(stamps) / width) - first + 1
-    labels = series_order(dated)
+    labels = series_order(dated) + ([VALUE_SERIES] if _has_values(dated) else [])
     bins: list[Counter[str]] = [Counter() for _ in range(n_bins)]
     for r, stamp in zip(dated, stamps, strict=True):
-        bins[math.floor(stamp / width) - first][r.label or ""] += 1
+        bins[math.floor(stamp / width) - first][_series(r) or ""] += 1
     top = count_ceiling(max(sum(b.values()) for b in bins))
     parts, plot_h = _y_axis(top)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
@@ -281,10 +294,60 @@ def predictions_over_time(records: Sequence[PredictionRecord]) -> Chart:
     return Chart(title, summary, _svg("chart-time", title, summary, parts), legend)
 
 
+def _has_values(records: Sequence[PredictionRecord]) -> bool:
+    return any(regression_value(r) is not None for r in records)
+
+
+def _series(record: PredictionRecord) -> str | None:
+    """The series of an answered row in the chart over time: its class, or the regressors' one."""
+    return record.label if record.label is not None else VALUE_SERIES if regression_value(record) is not None else None
+
+
+def value_histogram(records: Sequence[PredictionRecord], bins: int = 10) -> Chart:
+    """How a regressor's answers spread; values of different models share no scale, so they are not mixed."""
+    title = "Predicted values"
+    answered = [(r.model, v) for r in records if (v := regression_value(r)) is not None]
+    if not answered:
+        return Chart(title, "No regressor's answers to show yet.", None)
+    models = sorted({m for m, _ in answered})
+    if len(models) > 1:
+        summary = f"Values of {len(models)} regressors ({', '.join(models)}) share no scale: filter by one model."
+        return Chart(title, summary, None)
+    values = [v for _, v in answered]
+    low, high = min(values), max(values)
+    step = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - low) / step))] += 1
+    top = count_ceiling(max(counts))
+    parts, plot_h = _y_axis(top)
+    plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
+    bar_w = plot_w / bins
+    for i, n in enumerate(counts):
+        h = plot_h * n / top
+        x = PAD_LEFT + i * bar_w
+        parts.append(
+            f'<rect class="bar" x="{x + 1:.1f}" y="{HEIGHT - PAD_BOTTOM - h:.1f}" width="{bar_w - 2:.1f}" '
+            f'height="{h:.1f}"><title>{escape(number(low + i * step))} to {escape(number(low + (i + 1) * step))}: '
+            f"{n}</title></rect>"
+        )
+    for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
+        tick = number(low + fraction * step * bins)
+        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, tick, anchor=anchor))
+    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, f"predicted value of {models[0]}", cls="axis-title"))
+    summary = (
+        f"{len(values)} predicted values of {models[0]} from {number(low)} to {number(high)}, in {bins} bins: "
+        f"median {number(percentile(values, 50))}."
+    )
+    return Chart(title, summary, _svg("chart-values", title, summary, parts))
+
+
 def history_charts(records: Sequence[PredictionRecord]) -> list[Chart]:
-    return [
-        predictions_over_time(records),
-        class_distribution(records),
-        probability_histogram(records),
-        latency_percentiles(records),
-    ]
+    """The overview of a window of the history; a regressor's answers get their own chart instead of the classes."""
+    values = _has_values(records)
+    middle = []
+    if not values or any(r.label is not None for r in records):
+        middle += [class_distribution(records), probability_histogram(records)]
+    if values:
+        middle.append(value_histogram(records))
+    return [predictions_over_time(records), *middle, latency_percentiles(records)]

@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mlapi.api.schemas import ModelSummary, Page, PredictionOut, PredictionRecord
 from mlapi.contract import Value
-from mlapi.models.spec import ModelSpec
+from mlapi.schemas import ModelDetail, ModelSummary, Page, PredictionOut, PredictionRecord, VersionInfo
 
 _MODELS = TypeAdapter(list[ModelSummary])
 
@@ -126,12 +125,17 @@ class ApiClient:
     async def models(self) -> list[ModelSummary]:
         return await self._get("/models", _MODELS)  # type: ignore[no-any-return]
 
-    async def spec(self, name: str) -> ModelSpec:
-        return await self._get(f"/models/{name}", ModelSpec)  # type: ignore[no-any-return]
+    async def model(self, name: str) -> ModelDetail:
+        """The model's default version's spec, and its versions."""
+        return await self._get(f"/models/{name}", ModelDetail)  # type: ignore[no-any-return]
 
-    async def predict(self, name: str, sample: dict[str, Value | str | None]) -> Answer:
+    async def version(self, name: str, version: int) -> VersionInfo:
+        return await self._get(f"/models/{name}/versions/{version}", VersionInfo)  # type: ignore[no-any-return]
+
+    async def predict(self, name: str, version: int, sample: dict[str, Value | str | None]) -> Answer:
+        """One prediction by the given version (never "the default", which may change under an open form)."""
         started = time.perf_counter()
-        response = await self._send("POST", f"/models/{name}/predict", json=sample)
+        response = await self._send("POST", f"/models/{name}/versions/{version}/predict", json=sample)
         round_trip_ms = (time.perf_counter() - started) * 1000
         if response.status_code == 422:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -10,6 +11,9 @@ from typing import Any, Literal
 from mlapi.models.spec import Feature, ModelSpec
 
 FLAG_OPTIONS = (("1", "Yes"), ("0", "No"))
+RESERVED = frozenset({"model", "version"})
+"""Form and query fields of the page itself, which a feature's field must not shadow."""
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 ACRONYMS = frozenset({"bmi", "bp", "ecg", "hdl", "ldl", "id"})
@@ -21,6 +25,24 @@ def feature_label(name: str) -> str:
     words = [w.upper() if w.lower() in ACRONYMS else w for w in name.replace("-", "_").split("_") if w]
     text = " ".join(words)
     return text[:1].upper() + text[1:]
+
+
+def field_name(feature: str) -> str:
+    """The form field of a feature: its name, unless that is one of the page's own fields or starts with `_`.
+
+    Feature names are any text, so `model` or `version` may be one; prefixing `_` to those and to names that
+    already start with `_` keeps every feature's field distinct from the others and from the page's fields.
+    """
+    return f"_{feature}" if feature in RESERVED or feature.startswith("_") else feature
+
+
+def element_id(feature: str, index: int) -> str:
+    """An HTML id for a feature's control: `f-<name>` where the name is plain, else `f<index>`.
+
+    Plain names hold no `-`, so `f-age` never meets the `-error`/`-hint` ids of another feature; an id may
+    not hold spaces, so `mean radius` gets `f3`.
+    """
+    return f"f-{feature}" if _PLAIN_NAME.fullmatch(feature) else f"f{index}"
 
 
 def format_number(value: float) -> str:
@@ -44,6 +66,10 @@ class Control:
     """What the template needs to draw one feature's input."""
 
     name: str
+    """The feature's name."""
+    field: str
+    """The form field's name (`field_name`)."""
+    id: str
     label: str
     kind: Literal["select", "radio", "number"]
     hint: str
@@ -58,18 +84,32 @@ class Control:
     """The range seen in training, for the hint."""
 
     @property
-    def id(self) -> str:
-        return f"f-{self.name}"
+    def has_hint(self) -> bool:
+        return bool(self.hint or self.typical)
 
     @property
     def described_by(self) -> str:
-        ids = [f"{self.id}-hint"]
-        if self.error:
-            ids.insert(0, f"{self.id}-error")
-        return " ".join(ids)
+        """Ids of the error and the hint, those that exist; empty when neither does."""
+        ids = [f"{self.id}-error"] if self.error else []
+        return " ".join([*ids, f"{self.id}-hint"] if self.has_hint else ids)
 
 
-def _number_control(feature: Feature, value: str, error: str | None) -> Control:
+def _choice_control(
+    feature: Feature,
+    index: int,
+    kind: Literal["select", "radio"],
+    hint: str,
+    value: str,
+    error: str | None,
+    options: tuple[tuple[str, str], ...],
+) -> Control:
+    return Control(
+        name=feature.name, field=field_name(feature.name), id=element_id(feature.name, index),
+        label=feature_label(feature.name), kind=kind, hint=hint, value=value, error=error, options=options,
+    )  # fmt: skip
+
+
+def _number_control(feature: Feature, index: int, value: str, error: str | None) -> Control:
     unit = f" {feature.unit}" if feature.unit else ""
     typical = None
     if feature.training_range is not None:
@@ -77,7 +117,8 @@ def _number_control(feature: Feature, value: str, error: str | None) -> Control:
         typical = f"Seen in training: {format_number(low)} to {format_number(high)}{unit}"
     step = format_number(feature.step) if feature.step else ("1" if feature.integer else "any")
     return Control(
-        name=feature.name, label=feature_label(feature.name), kind="number", hint=feature.description,
+        name=feature.name, field=field_name(feature.name), id=element_id(feature.name, index),
+        label=feature_label(feature.name), kind="number", hint=feature.description,
         value=value, error=error, step=step, unit=feature.unit, typical=typical,
         minimum=format_number(feature.minimum) if feature.minimum is not None else None,
         maximum=format_number(feature.maximum) if feature.maximum is not None else None,
@@ -87,19 +128,22 @@ def _number_control(feature: Feature, value: str, error: str | None) -> Control:
 def controls(
     spec: ModelSpec, values: Mapping[str, str] | None = None, errors: Mapping[str, str] | None = None
 ) -> list[Control]:
-    """One control per feature, holding `values` (as submitted) or else the spec's example."""
+    """One control per feature, holding `values` (as submitted, by field) or else the spec's example.
+
+    `errors` are by feature name.
+    """
     values, errors = values or {}, errors or {}
     out = []
-    for f in spec.features:
-        value, error = values.get(f.name, _initial(f)), errors.get(f.name)
+    for i, f in enumerate(spec.features):
+        value, error = values.get(field_name(f.name), _initial(f)), errors.get(f.name)
         if f.kind == "category":
             options = tuple((v, v) for v in f.values or ())
-            out.append(Control(f.name, feature_label(f.name), "select", f.description, value, error, options))
+            out.append(_choice_control(f, i, "select", f.description, value, error, options))
         elif f.kind == "flag":
             hint = "Yes if " + f.description[5:] if f.description.startswith("1 if ") else f.description
-            out.append(Control(f.name, feature_label(f.name), "radio", hint, value, error, FLAG_OPTIONS))
+            out.append(_choice_control(f, i, "radio", hint, value, error, FLAG_OPTIONS))
         else:
-            out.append(_number_control(f, value, error))
+            out.append(_number_control(f, i, value, error))
     return out
 
 
@@ -121,7 +165,7 @@ def sample_from_form(spec: ModelSpec, form: Mapping[str, str]) -> dict[str, Any]
     """The JSON sample for the API: typed where the text allows, left as text where it does not (the API decides)."""
     sample: dict[str, Any] = {}
     for f in spec.features:
-        raw = form.get(f.name, "").strip()
+        raw = form.get(field_name(f.name), "").strip()
         if f.kind == "number":
             sample[f.name] = _number(f, raw)
         elif f.kind == "flag":

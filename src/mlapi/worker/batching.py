@@ -7,20 +7,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from mlapi import queue
-from mlapi.contract import Job, Reply, Result, Timings, Value
-from mlapi.models.runtime import Prediction
-from mlapi.models.spec import ModelSpec
-
-
-class Predictor(Protocol):
-    spec: ModelSpec
-
-    def predict(self, rows: Sequence[dict[str, Value]]) -> list[Prediction]: ...
+from mlapi.contract import Job, Output, Reply, Result, Timings, Value
+from mlapi.runtimes import Runtime
 
 
 @dataclass
@@ -31,10 +24,9 @@ class Answer:
     predict_ms: float = 0.0
     batch_rows: int = 0
 
-    def reply(self, model_version: str, picked_up: datetime, store_ms: float) -> Reply:
+    def reply(self, picked_up: datetime, store_ms: float) -> Reply:
         return Reply(
             id=self.job.id,
-            model_version=model_version,
             results=self.results,
             error=self.error,
             timings=Timings(
@@ -58,46 +50,49 @@ class Outcome:
 
 def _history_row(
     job: Job,
-    version: str,
+    task: str,
     row_id: str,
     features: dict[str, Value],
     now: datetime,
-    p: Prediction | None,
-    error: str | None,
+    result: Result,
 ) -> dict[str, Any]:
+    """The `predictions` row of one result; a regressor's value goes to `value`, a class to `prediction`."""
+    regression = task == "regression"
     return {
         "id": row_id,
         "model": job.model,
-        "model_version": version,
-        "status": "done" if p else "failed",
+        "model_version": str(job.version),
+        "task": task,
+        "status": "failed" if result.error else "done",
         "features": features,
-        "prediction": p.prediction if p else None,
-        "label": p.label if p else None,
-        "probability": p.probability if p else None,
-        "probabilities": p.probabilities if p else None,
-        "warnings": p.warnings if p else [],
-        "error": error,
+        "prediction": None if regression else result.prediction,
+        "value": result.prediction if regression else None,
+        "label": result.label,
+        "probability": result.probability,
+        "probabilities": result.probabilities,
+        "warnings": result.warnings,
+        "error": result.error,
         "created_at": job.created_at,
         "completed_at": now,
     }
 
 
-def _result(row_id: str, p: Prediction) -> Result:
+def _result(row_id: str, o: Output, warnings: list[str]) -> Result:
     return Result(
         id=row_id,
-        prediction=p.prediction,
-        label=p.label,
-        probability=p.probability,
-        probabilities=p.probabilities,
-        warnings=p.warnings,
+        prediction=o.prediction,
+        label=o.label,
+        probability=o.probability,
+        probabilities=o.probabilities,
+        warnings=warnings,
     )
 
 
-def _invalid_features(spec: ModelSpec, job: Job) -> str | None:
+def _invalid_features(runtime: Runtime, job: Job) -> str | None:
     """Validate queued rows with the same schema the API uses: the queue is not trusted either."""
     for row in job.rows:
         try:
-            spec.sample_type.model_validate(row.features)
+            runtime.spec.validate_row(row.features)
         except ValidationError as e:
             return f"row {row.id}: invalid features: {e.errors(include_url=False, include_input=False)}"
     return None
@@ -113,72 +108,72 @@ def _storable(features: dict[str, Value]) -> dict[str, Value]:
 
 
 class Planner:
-    """Turns a batch of deliveries into an Outcome: validation, one vectorised predict per model, failures.
+    """Turns a batch of deliveries into an Outcome: validation, one vectorised predict per version, failures.
 
-    Pure: no I/O, so the batching logic is tested without servers.
+    Pure: no I/O, so the batching logic is tested without servers. `models` is the worker's live mapping of
+    loaded versions; the worker reads only the streams of versions in it.
     """
 
-    def __init__(self, models: Mapping[str, Predictor], max_deliveries: int) -> None:
-        self.models = dict(models)
+    def __init__(self, models: Mapping[queue.Key, Runtime], max_deliveries: int) -> None:
+        self.models = models
         self.max_deliveries = max_deliveries
 
     def plan(self, deliveries: Sequence[queue.Delivery], now: datetime) -> Outcome:
         outcome = Outcome()
-        by_model: dict[str, list[queue.Delivery]] = {}
+        by_version: dict[queue.Key, list[queue.Delivery]] = {}
         for d in deliveries:
+            runtime = self.models.get(d.key)
+            if d.error is None and runtime is None:
+                d.error = f"{d.model!r} version {d.version} is not loaded here"
             if d.error is None and d.deliveries > self.max_deliveries:
                 d.error = f"delivered {d.deliveries} times without being acknowledged"
-            if d.error is None and d.job is not None:
-                d.error = _invalid_features(self.models[d.model].spec, d.job)
+            if d.error is None and d.job is not None and runtime is not None:
+                d.error = _invalid_features(runtime, d.job)
             if d.error is None:
-                by_model.setdefault(d.model, []).append(d)
+                by_version.setdefault(d.key, []).append(d)
             else:
                 self._fail(outcome, d, d.error, now)
-        for model, batch in by_model.items():
-            self._predict(outcome, self.models[model], batch, now)
+        for key, batch in by_version.items():
+            self._predict(outcome, self.models[key], batch)
         return outcome
 
-    def version(self, model: str) -> str:
-        predictor = self.models.get(model)
-        return predictor.spec.version if predictor else "unknown"
-
-    def _predict(self, outcome: Outcome, predictor: Predictor, batch: list[queue.Delivery], now: datetime) -> None:
+    def _predict(self, outcome: Outcome, runtime: Runtime, batch: list[queue.Delivery]) -> None:
         """One vectorised predict for the whole batch; if it fails, each job alone, to find the bad one."""
         jobs = [d.job for d in batch if d.job is not None]
         started = time.perf_counter()
         try:
-            predictions = predictor.predict([row.features for job in jobs for row in job.rows])
+            outputs = runtime.predict([row.features for job in jobs for row in job.rows])
         except Exception:
             for d in batch:
-                self._guarded_predict(outcome, predictor, d, now)
+                self._guarded_predict(outcome, runtime, d)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
         offset = 0
         for d, job in zip(batch, jobs, strict=True):
-            mine = predictions[offset : offset + len(job.rows)]
+            mine = outputs[offset : offset + len(job.rows)]
             offset += len(job.rows)
-            self._succeed(outcome, predictor, d, job, mine, elapsed_ms, len(predictions))
+            self._succeed(outcome, runtime, d, job, mine, elapsed_ms, len(outputs))
 
-    def _guarded_predict(self, outcome: Outcome, predictor: Predictor, d: queue.Delivery, now: datetime) -> None:
+    def _guarded_predict(self, outcome: Outcome, runtime: Runtime, d: queue.Delivery) -> None:
         assert d.job is not None
         started = time.perf_counter()
         try:
-            predictions = predictor.predict([row.features for row in d.job.rows])
+            outputs = runtime.predict([row.features for row in d.job.rows])
         except Exception as e:  # the model is pure: the same input fails the same way, so retrying is futile
-            self._fail(outcome, d, f"prediction failed: {type(e).__name__}: {e}", now)
+            self._fail(outcome, d, f"prediction failed: {type(e).__name__}: {e}", datetime.now(UTC))
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._succeed(outcome, predictor, d, d.job, predictions, elapsed_ms, len(predictions))
+        self._succeed(outcome, runtime, d, d.job, outputs, elapsed_ms, len(outputs))
 
     def _succeed(
-        self, outcome: Outcome, predictor: Predictor, d: queue.Delivery, job: Job,
-        predictions: Sequence[Prediction], predict_ms: float, batch_rows: int,
+        self, outcome: Outcome, runtime: Runtime, d: queue.Delivery, job: Job,
+        outputs: Sequence[Output], predict_ms: float, batch_rows: int,
     ) -> None:  # fmt: skip
-        version = predictor.spec.version
+        spec = runtime.spec
         predicted_at = datetime.now(UTC)  # completed_at - created_at then spans queue and model time
-        for row, p in zip(job.rows, predictions, strict=True):
-            outcome.rows.append(_history_row(job, version, row.id, row.features, predicted_at, p, None))
-        results = [_result(row.id, p) for row, p in zip(job.rows, predictions, strict=True)]
+        results = [_result(row.id, o, spec.warnings(row.features)) for row, o in zip(job.rows, outputs, strict=True)]
+        for row, result in zip(job.rows, results, strict=True):
+            outcome.rows.append(_history_row(job, spec.task, row.id, row.features, predicted_at, result))
         outcome.answers.append(Answer(job, results, predict_ms=predict_ms, batch_rows=batch_rows))
         outcome.acks.append(d)
 
@@ -187,7 +182,9 @@ class Planner:
         outcome.acks.append(d)
         if d.job is None:
             return  # undecodable: the dead-letter entry keeps the raw message
-        version = self.version(d.job.model)
-        for row in d.job.rows:
-            outcome.rows.append(_history_row(d.job, version, row.id, _storable(row.features), now, None, error))
-        outcome.answers.append(Answer(d.job, [Result(id=row.id, error=error) for row in d.job.rows], error))
+        runtime = self.models.get(d.key)
+        task = runtime.spec.task if runtime else "classification"
+        results = [Result(id=row.id, error=error) for row in d.job.rows]
+        for row, result in zip(d.job.rows, results, strict=True):
+            outcome.rows.append(_history_row(d.job, task, row.id, _storable(row.features), now, result))
+        outcome.answers.append(Answer(d.job, results, error))

@@ -1,7 +1,8 @@
 """A stand-in for the API, in-process, so the web UI's pages and failure handling can be tested without servers.
 
-It serves the real registry's specs and answers like the real API (same schemas, same error bodies); each test
-can make it fail, stall or reject a field.
+It serves the bundled models' specs, a second version of iris (a classifier without probabilities, on two of
+the four features, not the default) and a small regressor whose feature names are not identifiers, and answers
+like the real API (same schemas, same error bodies); each test can make it fail, stall or reject a field.
 """
 
 from __future__ import annotations
@@ -22,12 +23,39 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mlapi.api.schemas import PredictionRecord
-from mlapi.models.spec import read_registry
+from mlapi.models.spec import Feature, ModelSpec, read_bundled
+from mlapi.schemas import ModelDetail, ModelSummary, PredictionRecord, VersionInfo
 from mlapi.settings import PACKAGE_DIR, Settings, WebSettings
 from mlapi.web import create_app
 
-SPECS = read_registry(PACKAGE_DIR / "models" / "registry")
+BUNDLED = {name: spec for name, (spec, _) in read_bundled(PACKAGE_DIR / "models" / "registry").items()}
+IRIS_V2 = ModelSpec(
+    **{
+        **BUNDLED["iris"].model_dump(), "version": 2, "description": "Species of an iris flower from its petals alone",
+        "features": [f for f in BUNDLED["iris"].features if f.name.startswith("petal")],
+        "metrics": {"accuracy": 0.9333, "holdout_rows": 30}, "data": None, "trained_at": None,
+    }
+)  # fmt: skip
+HOUSES = ModelSpec(
+    name="house-price", version=1, task="regression", labels=[], description="Price of a house, in euros",
+    features=[
+        Feature(name="floor area", kind="number", minimum=0, unit="m²", training_range=(20, 400), example=85.5),
+        Feature(name="model", kind="category", values=["flat", "house"], example="flat"),
+        Feature(name="rooms", kind="number", integer=True, minimum=1, example=3),
+    ],
+    metrics={"mae": 20512.25, "rmse": 31877.5, "r2": 0.81234, "holdout_rows": 412},
+)  # fmt: skip
+VERSIONS: dict[str, dict[int, ModelSpec]] = {
+    "diabetes-risk": {1: BUNDLED["diabetes-risk"]},
+    "house-price": {1: HOUSES},
+    "iris": {1: BUNDLED["iris"], 2: IRIS_V2},
+}
+"""Every version of every model the stand-in serves; each model's default is its version 1."""
+SPECS = {name: versions[1] for name, versions in VERSIONS.items()}
+"""Each model's default version."""
+NO_PROBABILITIES = {("iris", 2)}
+HOUSE_PRICE = 312456.789
+"""What the stand-in's regressor answers."""
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
@@ -36,11 +64,54 @@ def record(i: int, model: str = "iris", prediction: int = 0, probability: float 
     created = START + timedelta(seconds=10 * i)
     others = (1 - probability) / max(1, len(spec.labels) - 1)
     return PredictionRecord(
-        id=str(uuid.UUID(int=i + 1)), model=model, model_version=spec.version, status="done",
-        features=spec.example, prediction=prediction, label=spec.labels[prediction], probability=probability,
+        id=str(uuid.UUID(int=i + 1)), model=model, model_version=str(spec.version), task="classification",
+        status="done", features=spec.example, prediction=prediction, label=spec.labels[prediction],
+        probability=probability,
         probabilities={label: probability if c == prediction else others for c, label in enumerate(spec.labels)},
         warnings=[], error=None, created_at=created, completed_at=created + timedelta(milliseconds=5 + i),
     )  # fmt: skip
+
+
+def value_record(i: int, value: float, model: str = "house-price") -> PredictionRecord:
+    """A regressor's answer in the history: a value, no label, no probabilities."""
+    return record(i).model_copy(
+        update={"model": model, "task": "regression", "features": HOUSES.example, "prediction": value, "label": None,
+                "probability": None, "probabilities": None}
+    )  # fmt: skip
+
+
+def summary(name: str) -> ModelSummary:
+    spec = SPECS[name]
+    return ModelSummary(
+        name=name, description=spec.description, default_version=spec.version, versions=sorted(VERSIONS[name]),
+        runtime=spec.runtime, task=spec.task, labels=spec.labels, ready=1, predict=f"/models/{name}/predict",
+        spec=f"/models/{name}",
+    )  # fmt: skip
+
+
+def version_info(spec: ModelSpec, ready: int = 1) -> VersionInfo:
+    return VersionInfo(
+        model=spec.name, version=spec.version, default=SPECS[spec.name].version == spec.version,
+        runtime=spec.runtime, task=spec.task, sha256="0" * 64, size=1024, trusted=spec.trusted,
+        metrics=spec.metrics, created_at=START, status="ready" if ready else "unavailable", ready=ready,
+        load_errors={}, predict=f"/models/{spec.name}/versions/{spec.version}/predict", spec=spec,
+    )  # fmt: skip
+
+
+def answer(spec: ModelSpec, sample: dict[str, Any]) -> dict[str, Any]:
+    """What the stand-in answers: class 1 at 81.25%, or the regressor's fixed value."""
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()), "model": spec.name, "model_version": str(spec.version), "task": spec.task,
+        "created_at": START.isoformat(), "warnings": spec.warnings(sample),
+    }  # fmt: skip
+    if spec.task == "regression":
+        return {**body, "prediction": HOUSE_PRICE}
+    body.update(prediction=1, label=spec.labels[1])
+    if (spec.name, spec.version) not in NO_PROBABILITIES:
+        others = 0.1875 / (len(spec.labels) - 1)
+        probabilities = {label: (0.8125 if i == 1 else others) for i, label in enumerate(spec.labels)}
+        body.update(probability=0.8125, probabilities=probabilities)
+    return body
 
 
 @dataclass
@@ -58,36 +129,54 @@ class FakeApi:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
 
+    unready: set[tuple[str, int]] = field(default_factory=set)
+    """Versions no live worker holds."""
+
     async def models(self, request: Request) -> Response:
         await self._pause(request)
-        return JSONResponse(
-            [{"name": s.name, "version": s.version, "description": s.description, "labels": s.labels,
-              "predict": f"/models/{s.name}/predict", "spec": f"/models/{s.name}"} for s in SPECS.values()]
-        )  # fmt: skip
+        return JSONResponse([summary(name).model_dump(mode="json") for name in sorted(VERSIONS)])
 
-    async def spec(self, request: Request) -> Response:
+    def _spec(self, request: Request) -> ModelSpec | None:
+        """The version the path names (the default when it names none), or None."""
+        versions = VERSIONS.get(request.path_params["name"], {})
+        if "version" not in request.path_params:
+            return versions.get(1)
+        return versions.get(int(request.path_params["version"]))
+
+    async def model(self, request: Request) -> Response:
         await self._pause(request)
-        spec = SPECS.get(request.path_params["name"])
+        spec = self._spec(request)
         if spec is None:
             return JSONResponse({"detail": "unknown model"}, 404)
-        return Response(spec.model_dump_json(), media_type="application/json")
+        detail = ModelDetail(**spec.model_dump(), default_version=spec.version, versions=sorted(VERSIONS[spec.name]))
+        return Response(detail.model_dump_json(), media_type="application/json")
+
+    async def version(self, request: Request) -> Response:
+        await self._pause(request)
+        spec = self._spec(request)
+        if spec is None:
+            return JSONResponse({"detail": "unknown model or version"}, 404)
+        info = version_info(spec, ready=0 if (spec.name, spec.version) in self.unready else 1)
+        return Response(info.model_dump_json(), media_type="application/json")
+
+    async def versions(self, request: Request) -> Response:
+        await self._pause(request)
+        versions = VERSIONS.get(request.path_params["name"])
+        if versions is None:
+            return JSONResponse({"detail": "unknown model"}, 404)
+        return JSONResponse([version_info(spec).model_dump(mode="json") for spec in versions.values()])
 
     async def predict(self, request: Request) -> Response:
         await self._pause(request)
-        spec = SPECS[request.path_params["name"]]
+        spec = self._spec(request)
+        if spec is None:
+            return JSONResponse({"detail": "unknown model or version"}, 404)
         sample = await request.json()
         if self.predict_body is not None:
             return JSONResponse(self.predict_body, self.predict_status)
         self.last_sample = sample
-        body = {
-            "id": str(uuid.uuid4()), "model": spec.name, "model_version": spec.version, "prediction": 1,
-            "label": spec.labels[1], "probability": 0.8125,
-            "probabilities": {label: (0.8125 if i == 1 else 0.1875 / (len(spec.labels) - 1))
-                              for i, label in enumerate(spec.labels)},
-            "created_at": START.isoformat(), "warnings": spec.warnings(sample),
-        }  # fmt: skip
         timing = 'total;dur=12.50, queue;dur=1.25, predict;dur=3.00, store;dur=4.75, batch;desc="1 rows"'
-        return JSONResponse(body, headers={"Server-Timing": timing})
+        return JSONResponse(answer(spec, sample), headers={"Server-Timing": timing})
 
     async def predictions(self, request: Request) -> Response:
         await self._pause(request)
@@ -113,8 +202,11 @@ class FakeApi:
         return Starlette(
             routes=[
                 Route("/models", self.models),
-                Route("/models/{name}", self.spec),
+                Route("/models/{name}", self.model),
+                Route("/models/{name}/versions", self.versions),
+                Route("/models/{name}/versions/{version:int}", self.version),
                 Route("/models/{name}/predict", self.predict, methods=["POST"]),
+                Route("/models/{name}/versions/{version:int}/predict", self.predict, methods=["POST"]),
                 Route("/predictions", self.predictions),
                 Route("/predictions/{id}", self.prediction),
             ]

@@ -9,7 +9,7 @@ import pytest
 
 from mlapi.servers import free_port
 from mlapi.web import create_app
-from tests.unit.web.conftest import FakeApi, record, serve, web_settings
+from tests.unit.web.conftest import FakeApi, record, serve, value_record, web_settings
 
 
 def field_block(html: str, name: str) -> str:
@@ -27,7 +27,9 @@ async def test_the_form_is_built_from_the_default_models_spec(web: httpx.AsyncCl
     response = await web.get("/predict")
     assert response.status_code == 200
     html = response.text
-    assert '<option value="diabetes-risk" selected>' in html
+    assert '<option value="diabetes-risk" selected>diabetes-risk v1 (default)</option>' in html
+    assert "This is version 1, the default." in html
+    assert '<input type="hidden" name="version" value="1">' in html
     assert re.search(r'<select id="f-gender" name="gender"[^>]*>', html)
     assert '<option value="Female" selected>Female</option>' in html
     assert '<legend class="field-label">Hypertension</legend>' in html
@@ -61,6 +63,7 @@ async def test_submitting_shows_the_answer_with_its_latency_and_history_link(
     response = await web.post("/predict", data=form)
     assert response.status_code == 200
     assert fake_api.last_sample == {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 9.0}
+    assert fake_api.requests[-1].path == "/models/iris/versions/1/predict", "the version the form was built from"
     html = response.text
     assert '<span class="verdict-label">versicolor</span>' in html
     assert "Probability <strong>81%</strong>" in html
@@ -174,7 +177,7 @@ async def test_a_prediction_has_its_own_page(web: httpx.AsyncClient, fake_api: F
     html = (await web.get(f"/predictions/{fake_api.records[0].id}")).text
     assert '<span class="verdict-label">diabetes</span>' in html
     assert '<th scope="row">Blood glucose level</th><td>140 mg/dL</td>' in html
-    assert 'href="/predict?model=diabetes-risk&amp;gender=Female&amp;age=54' in html
+    assert 'href="/predict?model=diabetes-risk&amp;version=1&amp;gender=Female&amp;age=54' in html
     missing = await web.get("/predictions/00000000-0000-0000-0000-00000000ffff")
     assert missing.status_code == 404 and "no prediction" in missing.text
 
@@ -191,3 +194,121 @@ async def test_pages_carry_a_strict_content_security_policy(web: httpx.AsyncClie
 
 async def test_health(web: httpx.AsyncClient) -> None:
     assert (await web.get("/healthz")).json() == {"status": "alive"}
+
+
+def picker(html: str) -> list[tuple[str, str, bool]]:
+    """The model picker's options: (value, text, selected)."""
+    block = html[html.index('<select id="model-picker"') : html.index("</select>", html.index('id="model-picker"'))]
+    return [(v, t, bool(s)) for v, s, t in re.findall(r'<option value="([^"]*)"( selected)?>([^<]*)</option>', block)]
+
+
+async def test_the_picker_lists_every_version_and_the_form_follows_the_chosen_one(
+    web: httpx.AsyncClient, fake_api: FakeApi
+) -> None:
+    html = (await web.get("/predict", params={"model": "iris@2"})).text
+    assert picker(html) == [
+        ("diabetes-risk", "diabetes-risk v1 (default)", False),
+        ("house-price", "house-price v1 (default)", False),
+        ("iris", "iris v1 (default)", False),
+        ("iris@2", "iris v2", True),
+    ]
+    assert fake_api.requests[-1].path == "/models/iris/versions/2"
+    assert 'id="f-petal_width"' in html and 'id="f-sepal_length"' not in html, "version 2 takes petals only"
+    assert "<title>Predict with iris v2 · mlapi</title>" in html
+    assert "This is version 2, not the default." in html
+    assert '<a href="/predict?model=iris">Use version 1, the default</a>' in html
+    assert '<input type="hidden" name="version" value="2">' in html
+    assert "On 30 held-out rows it scored accuracy 93%." in html and "Trained" not in html
+    assert 'href="/predict?model=iris&amp;version=2">Reset to the example</a>' in html
+    same = (await web.get("/predict", params={"model": "iris", "version": "2", "petal_width": "1.7"})).text
+    assert ("iris@2", "iris v2", True) in picker(same)
+    assert re.search(r'name="petal_width" type="number"[^>]*value="1.7"', same)
+    default = (await web.get("/predict", params={"model": "iris"})).text
+    assert ("iris", "iris v1 (default)", True) in picker(default) and 'id="f-sepal_length"' in default
+    assert fake_api.requests[-1].path == "/models/iris/versions/1"
+
+
+@pytest.mark.parametrize("params", [{"model": "iris", "version": "9"}, {"model": "iris@x"}, {"model": "nope@1"}])
+async def test_an_unknown_version_is_a_friendly_404(web: httpx.AsyncClient, params: dict[str, str]) -> None:
+    response = await web.get("/predict", params=params)
+    assert response.status_code == 404
+    assert "has no version" in response.text or "There is no model called" in response.text
+
+
+async def test_predicting_posts_to_the_chosen_versions_url(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    form = {"model": "iris", "version": "2", "petal_length": "4.5", "petal_width": "0.2"}
+    response = await web.post("/predict", data=form)
+    assert response.status_code == 200
+    assert fake_api.requests[-1].path == "/models/iris/versions/2/predict"
+    assert fake_api.last_sample == {"petal_length": 4.5, "petal_width": 0.2}
+    html = response.text
+    assert ("iris@2", "iris v2", True) in picker(html), "the answer keeps the chosen version"
+    assert '<span class="verdict-label">versicolor</span> <span class="verdict-class">class 1</span>' in html
+    assert "This model gives no probabilities." in html
+    assert "Probability <strong>" not in html and "Probability of every class" not in html
+    assert "by iris v2 at" in html
+
+
+async def test_a_regressors_answer_shows_the_number(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    html = (await web.get("/predict", params={"model": "house-price"})).text
+    assert "Price of a house, in euros. Predicts a number." in html
+    assert "On 412 held-out rows it scored MAE 20,512.2, RMSE 31,877.5 and R² 0.812." in html
+    # "floor area" cannot be an id; "model" is the page's own field, so its control is named apart
+    assert re.search(r'<label class="field-label" for="f0">Floor area <span class="unit">\(m²\)</span></label>', html)
+    assert re.search(r'<input id="f0" name="floor area" type="number"', html)
+    assert '<select id="f-model" name="_model"' in html
+    assert '<p class="hint" id="f0-hint">Seen in training: 20 to 400 m².</p>' in html
+    assert 'id="f-model-hint"' not in html and 'aria-describedby="f-model-hint"' not in html, "no empty hint"
+    form = {"model": "house-price", "version": "1", "floor area": "90", "_model": "house", "rooms": "4"}
+    response = await web.post("/predict", data=form)
+    assert response.status_code == 200
+    assert fake_api.requests[-1].path == "/models/house-price/versions/1/predict"
+    assert fake_api.last_sample == {"floor area": 90.0, "model": "house", "rooms": 4}
+    answer = response.text
+    assert '<span class="verdict-label verdict-value">312,457</span>' in answer
+    assert "Probability" not in answer and "class 1" not in answer
+    assert re.search(r'<option value="house" selected>house</option>', answer), "the submitted value is kept"
+
+
+async def test_a_version_no_worker_holds_is_flagged(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    fake_api.unready = {("iris", 2)}
+    assert "No worker holds this version" in (await web.get("/predict", params={"model": "iris@2"})).text
+    assert "No worker holds this version" not in (await web.get("/predict", params={"model": "iris"})).text
+
+
+async def test_the_history_shows_a_regressors_values(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    fake_api.records = [value_record(i, 250_000.0 + 1000 * i) for i in range(6)] + [record(9, "iris", 2)]
+    html = (await web.get("/history")).text
+    assert html.count("<tr data-id=") == 7
+    assert '<span class="value">250,000</span>' in html and "virginica" in html
+    assert re.findall(r"<figcaption>([^<]*)</figcaption>", html) == [
+        "Predictions over time", "Predicted classes", "How sure the model was", "Predicted values",
+        "Latency percentiles",
+    ]  # fmt: skip
+    assert html.count('<svg class="chart"') == 5
+    only = (await web.get("/history", params={"model": "house-price", "prediction": "1"})).text
+    assert "prediction" not in fake_api.requests[-1].params, "a class filter means nothing for a regressor"
+    assert only.count("<tr data-id=") == 6
+    assert 'id="filter-class"' not in only and '<option value="house-price" selected>' in only
+    assert re.findall(r"<figcaption>([^<]*)</figcaption>", only) == [
+        "Predictions over time", "Predicted values", "Latency percentiles"
+    ]  # fmt: skip
+    assert "6 predicted values of house-price from 250,000 to 255,000" in only
+
+
+async def test_a_regressors_prediction_has_its_own_page(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    fake_api.records = [value_record(0, 312_456.789)]
+    html = (await web.get(f"/predictions/{fake_api.records[0].id}")).text
+    assert '<span class="verdict-label verdict-value">312,457</span>' in html and "Probability" not in html
+    assert '<th scope="row">Floor area</th><td>85.5 m²</td>' in html
+    assert 'href="/predict?model=house-price&amp;version=1&amp;floor+area=85.5&amp;_model=flat&amp;rooms=3"' in html
+
+
+async def test_a_prediction_of_a_removed_version_still_has_its_page(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
+    fake_api.records = [record(0, "iris", 2).model_copy(update={"model_version": "7"})]
+    html = (await web.get(f"/predictions/{fake_api.records[0].id}")).text
+    assert "iris v7" in html and '<span class="verdict-label">virginica</span>' in html
+    assert 'href="/predict?model=iris&amp;version=1&amp;' in html, "predict again with the default version"
+    fake_api.records = [record(0, "iris", 2).model_copy(update={"model": "gone", "probability": None})]
+    gone = (await web.get(f"/predictions/{fake_api.records[0].id}")).text
+    assert "This model gives no probabilities." in gone and "Predict again" not in gone

@@ -5,8 +5,9 @@ from datetime import timedelta
 
 import pytest
 
+from mlapi.schemas import PredictionRecord
 from mlapi.web import charts
-from tests.unit.web.conftest import record
+from tests.unit.web.conftest import record, value_record
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -100,3 +101,69 @@ def test_labels_are_escaped() -> None:
     chart = charts.class_distribution([record(0).model_copy(update={"label": "<b>&"})])
     assert "<b>" not in str(chart.svg) and "&lt;b&gt;&amp;" in str(chart.svg)
     parse(chart)
+
+
+def titles(records: list[PredictionRecord]) -> list[str]:
+    return [c.title for c in charts.history_charts(records)]
+
+
+def test_a_regressors_answers_get_their_own_chart_and_no_class_charts() -> None:
+    values = [value_record(i, v) for i, v in enumerate([10.0, 12.5, 15.0, 40.0])]
+    assert titles(values) == ["Predictions over time", "Predicted values", "Latency percentiles"]
+    for chart in charts.history_charts(values):
+        parse(chart)
+    chart = charts.value_histogram(values, bins=4)  # bins of 7.5 from 10 to 40
+    heights = [float(r.get("height", "0")) for r in bars(parse(chart))]
+    assert heights[0] == pytest.approx(3 * heights[3]) and heights[1] == heights[2] == 0 and heights[3] > 0
+    assert chart.summary == "4 predicted values of house-price from 10 to 40, in 4 bins: median 13.75."
+    assert "No classes to show" in charts.class_distribution(values).summary
+
+
+def test_a_mixed_history_keeps_the_class_charts_and_counts_every_answer_over_time() -> None:
+    mixed = [record(0, "iris", 2), value_record(1, 5.0), record(2, "iris", 0)]
+    assert titles(mixed) == [
+        "Predictions over time", "Predicted classes", "How sure the model was", "Predicted values",
+        "Latency percentiles",
+    ]  # fmt: skip
+    over_time = charts.predictions_over_time(mixed)
+    parse(over_time)
+    assert [label for label, _ in over_time.legend] == ["setosa", "virginica", charts.VALUE_SERIES]
+    assert "3 predictions" in over_time.summary
+    assert "Of 2 predictions" in charts.class_distribution(mixed).summary
+    assert charts.series_order(mixed) == ["setosa", "virginica"], "the table's colours are the classes'"
+
+
+def test_values_of_different_regressors_are_not_mixed() -> None:
+    chart = charts.value_histogram([value_record(0, 1.0), value_record(1, 1e6, model="rent")])
+    assert chart.svg is None and "2 regressors (house-price, rent)" in chart.summary
+
+
+def test_one_value_or_equal_values_make_one_bar() -> None:
+    chart = charts.value_histogram([value_record(0, 7.0), value_record(1, 7.0)])
+    heights = [float(r.get("height", "0")) for r in bars(parse(chart))]
+    assert heights[0] > 0 and all(h == 0 for h in heights[1:])
+
+
+def test_a_classifier_without_probabilities() -> None:
+    plain = [
+        record(i, prediction=i % 3).model_copy(update={"probability": None, "probabilities": None}) for i in range(3)
+    ]
+    assert titles(plain) == [
+        "Predictions over time",
+        "Predicted classes",
+        "How sure the model was",
+        "Latency percentiles",
+    ]
+    histogram = charts.probability_histogram(plain)
+    assert histogram.svg is None and histogram.summary == "None of these predictions came with probabilities."
+    parse(charts.class_distribution(plain))
+
+
+def test_rows_without_an_answer_are_left_out() -> None:
+    queued = value_record(0, 1.0).model_copy(update={"status": "queued", "prediction": None, "completed_at": None})
+    failed = record(1).model_copy(
+        update={"status": "failed", "task": None, "prediction": None, "label": None, "probability": None,
+                "probabilities": None, "error": "model failed"}
+    )  # fmt: skip
+    for chart in charts.history_charts([queued, failed]):
+        assert chart.svg is None

@@ -5,8 +5,16 @@ from typing import Any
 import pytest
 
 from mlapi.models.spec import ModelSpec
-from mlapi.web.forms import controls, errors_by_field, feature_label, format_number, sample_from_form
-from tests.unit.web.conftest import SPECS
+from mlapi.web.forms import (
+    controls,
+    element_id,
+    errors_by_field,
+    feature_label,
+    field_name,
+    format_number,
+    sample_from_form,
+)
+from tests.unit.web.conftest import HOUSES, SPECS
 
 DIABETES: ModelSpec = SPECS["diabetes-risk"]
 
@@ -79,3 +87,26 @@ def test_api_errors_are_mapped_to_their_fields() -> None:
         "HbA1c_level": "Enter 0 or more.", "gender": "Choose one of the options.",
     }  # fmt: skip
     assert mapped.general == ["Extra inputs are not permitted", "Input should be an object"]
+
+
+def test_any_feature_name_gets_a_field_and_an_id_of_its_own() -> None:
+    names = ["age", "model", "version", "_model", "__x", "mean radius", "a-b", "ünits"]
+    fields = [field_name(n) for n in names]
+    assert fields == ["age", "_model", "_version", "__model", "___x", "mean radius", "a-b", "ünits"]
+    assert len(set(fields)) == len(fields) and not {"model", "version"} & set(fields)
+    ids = [element_id(n, i) for i, n in enumerate(names)]
+    assert ids == ["f-age", "f-model", "f-version", "f-_model", "f-__x", "f5", "f6", "f7"]
+    assert all(" " not in i for i in ids) and len(set(ids)) == len(ids)
+
+
+def test_a_regressors_form() -> None:
+    by_name = {c.name: c for c in controls(HOUSES, {"_model": "house"})}
+    area, kind, rooms = by_name["floor area"], by_name["model"], by_name["rooms"]
+    assert (area.field, area.id, area.label, area.value) == ("floor area", "f0", "Floor area", "85.5")
+    assert (kind.field, kind.id, kind.value) == ("_model", "f-model", "house")
+    assert (rooms.step, rooms.value) == ("1", "3")
+    assert kind.described_by == "" and area.described_by == "f0-hint", "a hint only where there is something to say"
+    form = {"model": "house-price", "version": "1", "floor area": "90", "_model": "flat", "rooms": "4"}
+    assert sample_from_form(HOUSES, form) == {"floor area": 90.0, "model": "flat", "rooms": 4}
+    mapped = errors_by_field(HOUSES, [{"loc": ["body", "floor area"], "type": "missing", "msg": "Field required"}])
+    assert mapped.by_field == {"floor area": "Enter a value."}

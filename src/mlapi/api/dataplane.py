@@ -1,0 +1,298 @@
+"""The protocol-free core of the API: inference and registry operations, with errors of its own.
+
+HTTP (and later other protocols) only translate: routers turn requests into calls here and these errors
+into their own error format (MLServer's DataPlane, `handlers/dataplane.py`, has the same shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mlapi import queue, runtimes
+from mlapi.api.dispatcher import BrokerUnavailable, PredictionTimeout, ReplyDispatcher
+from mlapi.api.metrics import Metrics
+from mlapi.contract import Job, Reply, Result, Row, Timings, Validation, Value
+from mlapi.models.spec import NAME_PATTERN, ModelSpec, SpecBody
+from mlapi.settings import Settings
+from mlapi.storage.registry import Conflict, Model, NotFound, RegistryRepository, Snapshot, Version, sha256
+from mlapi.storage.repository import PredictionRepository
+
+__all__ = ["BrokerUnavailable", "Conflict", "NotFound", "PredictionTimeout"]
+
+log = logging.getLogger("mlapi.api")
+
+LIVE_TTL_S = 1.0
+"""How long this process trusts its count of each version's live workers before asking Redis again."""
+
+
+class InvalidInput(Exception):
+    """Rows that do not fit the spec; each error's `loc` starts with the row's index, then the feature."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid value(s)")
+        self.errors = errors
+
+
+class Refused(Exception):
+    """A registry change refused for what was sent (name, spec, artifact); the message says why."""
+
+
+class Unavailable(Exception):
+    """Nothing can serve this now (no live worker for the version or the runtime)."""
+
+
+class PredictionFailed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.error or "prediction failed")
+        self.ids = [r.id for r in reply.results]
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """The answers to one request, in the order of its rows."""
+
+    spec: ModelSpec
+    created_at: datetime
+    results: list[Result]
+    timings: Timings | None
+
+
+@dataclass(frozen=True)
+class Queued:
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version with what the workers say of it."""
+
+    model: Model
+    version: Version
+    ready: int
+    load_errors: dict[str, str]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        predictions: PredictionRepository,
+        registry: RegistryRepository,
+        dispatcher: ReplyDispatcher,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.predictions = predictions
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.snapshot: Snapshot = {}
+        self.refresh: Callable[[], Awaitable[None]] | None = None
+        """Re-reads the registry at once (the app's watch); set by the app."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called after the registry changed (the app drops its cached OpenAPI document)."""
+        self._live: dict[queue.Key, int] = {}
+        self._live_at = 0.0
+        self._live_refresh: asyncio.Task[None] | None = None
+
+    # ---- the registry as this process sees it ------------------------------------------------------------
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._live_at = 0.0
+        for listener in self.listeners:
+            listener()
+
+    def model(self, name: str) -> Model:
+        model = self.snapshot.get(name)
+        if model is None:
+            known = ", ".join(self.snapshot) or "none"
+            raise NotFound(f"unknown model {name!r}; known models: {known}")
+        return model
+
+    def version(self, name: str, number: int | None = None) -> Version:
+        """A version of a model, or its default version."""
+        model = self.model(name)
+        found = model.default if number is None else model.versions.get(number)
+        if found is None:
+            known = ", ".join(map(str, model.versions)) or "none"
+            raise NotFound(f"model {name!r} has no version {number}; its versions: {known}")
+        return found
+
+    async def live(self, key: queue.Key) -> int:
+        """Live workers holding a version, from a count at most `LIVE_TTL_S` old (one refresh at a time)."""
+        if time.monotonic() - self._live_at > LIVE_TTL_S:
+            if self._live_refresh is None or self._live_refresh.done():
+                self._live_refresh = asyncio.ensure_future(self._refresh_live())
+            await asyncio.shield(self._live_refresh)
+        return self._live.get(key, 0)
+
+    async def _refresh_live(self) -> None:
+        keys = [(m.name, v) for m in self.snapshot.values() for v in m.versions]
+        self._live = await queue.live_counts(self.redis, keys, self.settings.worker.liveness_ms)
+        self._live_at = time.monotonic()
+
+    # ---- inference ------------------------------------------------------------------------------------------
+
+    def validate(self, spec: ModelSpec, items: Sequence[Any]) -> list[dict[str, Value]]:
+        """Each item validated against the spec; every row's errors are reported at once."""
+        rows, errors = [], []
+        for i, item in enumerate(items):
+            try:
+                rows.append(spec.validate_row(item))
+            except ValidationError as e:
+                errors += [{**err, "loc": (i, *err["loc"])} for err in e.errors(include_url=False)]
+        if errors:
+            self.metrics.requests.labels(spec.name, "invalid").inc()
+            raise InvalidInput(errors)
+        return rows
+
+    async def infer(self, spec: ModelSpec, rows: list[dict[str, Value]], wait: bool) -> Inferred | Queued:
+        """Queue validated rows for a version; with `wait`, answer them, else return their ids at once."""
+        name = spec.name
+        if not await self.live((name, spec.version)):
+            self.metrics.requests.labels(name, "unavailable").inc()
+            raise Unavailable(f"no live worker holds {name!r} version {spec.version}")
+        job = Job(
+            id=uuid.uuid4().hex,
+            model=name,
+            version=spec.version,
+            rows=[Row(id=str(uuid.uuid4()), features=f) for f in rows],
+            reply_to=self.dispatcher.stream,
+            created_at=datetime.now(UTC),
+        )
+        if not wait:
+            try:
+                await queue.enqueue(self.redis, job, track=True)
+            except RedisError as e:
+                self.metrics.requests.labels(name, "unavailable").inc()
+                raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
+            self.metrics.requests.labels(name, "queued").inc()
+            return Queued([r.id for r in job.rows])
+        started = time.perf_counter()
+        try:
+            reply = await self.dispatcher.submit(self.redis, job, self.settings.api.request_timeout_s)
+        except PredictionTimeout:
+            self.metrics.requests.labels(name, "timeout").inc()
+            with contextlib.suppress(RedisError):  # its ids are known to the client from now on
+                await queue.mark_queued(self.redis, job)
+            raise
+        except BrokerUnavailable:
+            self.metrics.requests.labels(name, "unavailable").inc()
+            raise
+        if reply.error is not None:
+            self.metrics.requests.labels(name, "failed").inc()
+            raise PredictionFailed(reply)
+        self.metrics.answered(name, time.perf_counter() - started, reply)
+        return Inferred(spec, job.created_at, reply.results, reply.timings)
+
+    # ---- registry operations ----------------------------------------------------------------------------
+
+    async def state(self, name: str, number: int) -> VersionState:
+        model, version = self.model(name), self.version(name, number)
+        key = (name, number)
+        ready = (await queue.live_counts(self.redis, [key], self.settings.worker.liveness_ms))[key]
+        errors = await queue.load_errors(self.redis, key, self.settings.worker.liveness_ms)
+        return VersionState(model, version, ready, errors)
+
+    async def add_version(self, name: str, spec_json: str | bytes, artifact: bytes, *, promote: bool) -> Version:
+        """Check, have a worker load-check, then store a new version; refused without storing anything."""
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise Refused(f"invalid model name {name!r}: lower-case letters, digits and '-', at most 63")
+        try:
+            body = SpecBody.model_validate_json(spec_json)
+        except ValidationError as e:
+            raise Refused(f"invalid spec: {_describe(e)}") from None
+        if reason := runtimes.check_format(body.runtime, artifact):
+            raise Refused(reason)
+        digest = sha256(artifact)
+        for number, existing in (m.versions if (m := self.snapshot.get(name)) else {}).items():
+            if existing.sha256 == digest:
+                raise Conflict(f"version {number} of {name!r} has the same artifact (sha256 {digest[:12]}…)")
+        try:
+            spec = ModelSpec(**body.model_dump(), name=name, version=await self.registry.next_version(name))
+            spec.sample_type  # noqa: B018 - a spec whose request schema cannot be built is refused here
+        except (ValidationError, TypeError, ValueError) as e:
+            raise Refused(f"invalid spec: {e}") from None
+        await self._load_check(spec, artifact)
+        stored = await self.registry.add_version(name, body, artifact, promote=promote)
+        await self._changed("added", name, stored.version)
+        return self.version(name, stored.version)
+
+    async def _load_check(self, spec: ModelSpec, artifact: bytes) -> None:
+        """A live worker able to run the runtime loads the artifact; its reason for refusing is the user's."""
+        runtime = spec.runtime
+        live = await queue.live_workers(
+            self.redis, queue.runtime_workers_key(runtime), self.settings.worker.liveness_ms
+        )
+        if not live:
+            raise Unavailable(f"no live worker can load {runtime!r} models, so the artifact cannot be checked")
+        check_id = uuid.uuid4().hex
+        validation = Validation(
+            id=check_id,
+            spec=spec.model_dump_json().encode(),
+            artifact_key=queue.validation_artifact_key(check_id),
+            reply_to=self.dispatcher.stream,
+        )
+        send = queue.request_validation(self.redis, runtime, validation, artifact)
+        try:
+            reply = await self.dispatcher.call(check_id, send, self.settings.api.validation_timeout_s, [])
+        except PredictionTimeout:
+            raise Unavailable(
+                f"no worker checked the artifact within {self.settings.api.validation_timeout_s:g} s"
+            ) from None
+        if reply.error is not None:
+            raise Refused(f"a worker could not load the artifact: {reply.error}")
+
+    async def promote(self, name: str, number: int) -> Model:
+        await self.registry.promote(name, number)
+        await self._changed("promoted", name, number)
+        return self.model(name)
+
+    async def remove_version(self, name: str, number: int) -> None:
+        model = self.model(name)
+        self.version(name, number)
+        if model.default_version == number:
+            raise Conflict(f"version {number} is the default of {name!r}: promote another version first")
+        await self._refuse_if_queued(name, [number])
+        await self.registry.remove_version(name, number)
+        await self._changed("removed", name, number)
+
+    async def remove_model(self, name: str) -> None:
+        await self._refuse_if_queued(name, list(self.model(name).versions))
+        await self.registry.remove_model(name)
+        await self._changed("removed", name, None)
+
+    async def _refuse_if_queued(self, name: str, numbers: list[int]) -> None:
+        stats = await queue.stats(self.redis, [(name, n) for n in numbers], self.settings.worker.liveness_ms)
+        for (_, number), s in stats.items():
+            if waiting := s["lag"] + s["pending"]:
+                raise Conflict(f"{waiting} request(s) are queued for {name!r} version {number}; try again later")
+
+    async def _changed(self, kind: str, name: str, number: int | None) -> None:
+        """Announce a registry change to every process, and see it here at once."""
+        try:
+            await queue.announce(self.redis, kind, name, number)
+        except RedisError as e:  # stored already: other processes see it at their next periodic re-read
+            log.warning("could not announce the registry change (%s %s %s): %s", kind, name, number, e)
+        if self.refresh is not None:
+            await self.refresh()
+
+
+def _describe(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors(include_url=False))

@@ -1,0 +1,81 @@
+"""The core's errors as HTTP answers: JSON with `detail`, and the prediction ids where a client needs them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from mlapi.api.dataplane import (
+    BrokerUnavailable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PredictionFailed,
+    PredictionTimeout,
+    Refused,
+    Unavailable,
+)
+from mlapi.api.limits import BodyTooLarge
+from mlapi.storage.repository import InvalidCursor
+
+log = logging.getLogger("mlapi.api")
+
+
+class MalformedBody(Exception):
+    pass
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    def handler(status: int, with_ids: bool = False) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(request: Request, exc: Exception) -> Response:
+            body: dict[str, Any] = {"detail": str(exc)}
+            ids = getattr(exc, "ids", None)
+            if with_ids and ids:
+                body.update({"id": ids[0]} if len(ids) == 1 else {"ids": ids})
+            return json_response(body, status)
+
+        return handle
+
+    for exc, status in (
+        (MalformedBody, 400), (InvalidCursor, 400), (NotFound, 404), (Conflict, 409), (BodyTooLarge, 413),
+        (Refused, 422), (Unavailable, 503),
+    ):  # fmt: skip
+        app.add_exception_handler(exc, handler(status))
+    app.add_exception_handler(PredictionFailed, handler(502, with_ids=True))
+    app.add_exception_handler(BrokerUnavailable, handler(503, with_ids=True))
+    app.add_exception_handler(PredictionTimeout, handler(504, with_ids=True))
+
+    async def broker_down(request: Request, exc: Exception) -> Response:
+        return json_response({"detail": f"broker unavailable: {exc}"}, 503)
+
+    async def database_down(request: Request, exc: Exception) -> Response:
+        log.warning("database error: %s", exc)
+        return json_response({"detail": "database unavailable"}, 503)
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
+
+    async def invalid_input(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidInput)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors)}, 422)
+
+    app.add_exception_handler(RedisError, broker_down)
+    app.add_exception_handler(OperationalError, database_down)
+    app.add_exception_handler(DBAPIError, database_down)
+    app.add_exception_handler(OSError, database_down)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(InvalidInput, invalid_input)

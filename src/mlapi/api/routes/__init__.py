@@ -1,0 +1,17 @@
+"""One router per area of the JSON API; each translates HTTP to the core (`DataPlane`) and back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from mlapi.api.dataplane import DataPlane
+
+
+async def dataplane(request: Request) -> DataPlane:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
+    return request.state.dataplane  # type: ignore[no-any-return]
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(dataplane)]

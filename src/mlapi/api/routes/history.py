@@ -1,0 +1,60 @@
+"""`GET /predictions` and `/predictions/{id}`: the stored history, and predictions still queued."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from mlapi import queue
+from mlapi.api.routes import DataPlaneDep
+from mlapi.schemas import Error, Page, PredictionRecord
+from mlapi.storage.registry import NotFound
+from mlapi.storage.repository import Cursor, Filters
+
+router = APIRouter(tags=["history"])
+
+
+def record(row: Mapping[str, Any]) -> PredictionRecord:
+    """A history row as the API shows it: a regressor's `value` is its `prediction`."""
+    prediction = row["value"] if row["task"] == "regression" else row["prediction"]
+    return PredictionRecord.model_validate({**row, "id": str(row["id"]), "prediction": prediction})
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@router.get("/predictions", responses={400: {"model": Error}})
+async def list_predictions(
+    dp: DataPlaneDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    model: str | None = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    prediction: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Predicted class")] = None,
+) -> Page:
+    after = Cursor.decode(cursor) if cursor else None
+    filters = Filters(model=model, since=_utc(since), until=_utc(until), prediction=prediction)
+    rows, next_cursor = await dp.predictions.page(filters, limit, after)
+    return Page(items=[record(r) for r in rows], next_cursor=next_cursor.encode() if next_cursor else None)
+
+
+@router.get("/predictions/{prediction_id}", responses={404: {"model": Error}})
+async def get_prediction(prediction_id: uuid.UUID, dp: DataPlaneDep) -> PredictionRecord:
+    row = await dp.predictions.get(str(prediction_id))
+    if row is not None:
+        return record(row)
+    marker = await queue.queued(dp.redis, str(prediction_id))
+    if marker is None:
+        raise NotFound(f"no prediction {prediction_id}")
+    return PredictionRecord(
+        id=str(prediction_id), model=marker["model"], model_version=str(marker.get("version", "")) or None,
+        task=None, status="queued", features=None, prediction=None, label=None, probability=None,
+        probabilities=None, warnings=[], error=None, created_at=datetime.fromisoformat(marker["created_at"]),
+        completed_at=None,
+    )  # fmt: skip

@@ -1,0 +1,94 @@
+"""`/`, `/healthz`, `/readyz`, `/metrics` and `/backlog`: about the service itself."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from mlapi import queue
+from mlapi.api.dataplane import DataPlane
+from mlapi.api.errors import json_response
+from mlapi.api.routes import DataPlaneDep
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/")
+async def hello(dp: DataPlaneDep) -> dict[str, Any]:
+    return {
+        "message": "Hello from mlapi, the ML prediction service",
+        "default_model": dp.settings.api.default_model,
+        "links": {"docs": "/docs", "predict": "/predict", "models": "/models", "history": "/predictions",
+                  "health": "/healthz", "ready": "/readyz", "metrics": "/metrics", "backlog": "/backlog"},
+    }  # fmt: skip
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+async def _readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """Reasons the service is not ready, and each model version's live workers."""
+    workers: dict[str, dict[str, int]] = {}
+
+    async def redis_check() -> str | None:
+        await dp.redis.ping()
+        keys = [(m.name, v) for m in dp.snapshot.values() for v in m.versions]
+        for (name, number), live in (await queue.live_counts(dp.redis, keys, dp.settings.worker.liveness_ms)).items():
+            workers.setdefault(name, {})[str(number)] = live
+        default = dp.settings.api.default_model
+        model = dp.snapshot.get(default)
+        if model is None or model.default_version is None:
+            return f"the default model {default!r} is not in the registry"
+        return None if workers[default][str(model.default_version)] else f"no live worker for {default}"
+
+    async def database_check() -> str | None:
+        await dp.predictions.ping()
+        return None
+
+    reasons = []
+    for what, check in (("redis", redis_check), ("database", database_check)):
+        try:
+            if reason := await asyncio.wait_for(check(), 2.0):
+                reasons.append(reason)
+        except Exception as e:
+            reasons.append(f"{what} unreachable: {type(e).__name__}: {e}")
+    return reasons, workers
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready, with the reasons"}})
+async def readyz(dp: DataPlaneDep) -> Response:
+    """Ready: Redis and PostgreSQL reachable and a live worker for the default model; lists every version's
+    live workers."""
+    reasons, workers = await _readiness(dp)
+    if reasons:
+        return json_response({"status": "unavailable", "reasons": reasons, "workers": workers}, 503)
+    return json_response({"status": "ready", "workers": workers})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(dp: DataPlaneDep) -> Response:
+    """Prometheus metrics: this process's requests, and each model version's queue (length, lag, pending,
+    live workers) and each model's dead letters."""
+    dp.metrics.in_flight.set(dp.dispatcher.in_flight)
+    keys = [(m.name, v) for m in dp.snapshot.values() for v in m.versions]
+    body = await dp.metrics.render(dp.redis, keys, dp.settings.worker.liveness_ms)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/backlog")
+async def backlog(dp: DataPlaneDep) -> dict[str, Any]:
+    """Requests waiting for a worker (queued and not yet acknowledged) over every model version: what the
+    workers' autoscaler follows (KEDA's metrics-api trigger reads `total`)."""
+    keys = [(m.name, v) for m in dp.snapshot.values() for v in m.versions]
+    stats = await queue.stats(dp.redis, keys, dp.settings.worker.liveness_ms)
+    versions = [
+        {"model": name, "version": number, "lag": s["lag"], "pending": s["pending"]}
+        for (name, number), s in stats.items()
+    ]
+    return {"total": sum(s["lag"] + s["pending"] for s in stats.values()), "versions": versions}
