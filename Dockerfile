@@ -86,7 +86,7 @@ CMD ["api"]
 FROM model-deps AS model
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
-    && python -c "import mlapi.worker, mlapi.models.runtime"
+    && python -c "import mlapi.worker, mlapi.runtimes.sklearn"
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 USER 10001
 HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]

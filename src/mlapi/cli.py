@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model into the registry")
     train.add_argument("name", choices=["diabetes-risk", "iris"])
     train.add_argument("--data", type=Path, help="training data (CSV) for diabetes-risk")
-    train.add_argument("--out", type=Path, help="registry folder (default: MLAPI_MODELS_DIR)")
+    train.add_argument("--out", type=Path, help="folder of the bundled models (default: MLAPI_BUNDLED_MODELS_DIR)")
     train.add_argument("--version", type=int, default=1, help="version the trained spec is checked as")
     _models_parser(commands.add_parser("models", help="add, list, promote and remove the models served"))
     bench = commands.add_parser("bench", help="benchmark mlapi against the alternatives")

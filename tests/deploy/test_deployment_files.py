@@ -20,6 +20,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev extra
 
 from mlapi import queue
+from mlapi.api.app import create_app
 from mlapi.servers import RedisServer
 from mlapi.settings import Settings
 
@@ -119,6 +120,15 @@ def test_keda_scales_the_workers_on_the_backlog_the_api_reports() -> None:
     assert service["metadata"]["name"] == service_name
     assert url.port in [p["port"] for p in service["spec"]["ports"]]
     assert "authenticationRef" not in trigger  # GET /backlog needs no credentials
+
+
+def test_the_api_serves_the_backlog_keda_reads() -> None:
+    [scaled] = [d for d in load_all(KUBERNETES / "base" / "model.yaml") if d["kind"] == "ScaledObject"]
+    path = urlsplit(scaled["spec"]["triggers"][0]["metadata"]["url"]).path
+    # Building the app opens no connection: the URLs only have to be well formed.
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", database_url="postgresql://u:p@127.0.0.1:1/db")
+    operation = create_app(settings).openapi()["paths"][path]["get"]
+    assert not operation.get("security"), "KEDA's trigger sends no credentials"
 
 
 def test_the_example_overlay_keeps_the_backlog_url_in_its_namespace() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import signal
 import subprocess
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest

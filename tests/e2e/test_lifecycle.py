@@ -37,14 +37,22 @@ def test_sigterm_stops_a_worker_and_the_api_cleanly(stack_factory: StackFactory)
 def test_losing_the_broker_fails_waiting_requests_with_their_ids(stack_factory: StackFactory, tmp_path: Path) -> None:
     broker = RedisServer(tmp_path / "redis", free_port()).start()
     try:
-        stack = stack_factory(MLAPI_REDIS_URL=broker.url, MLAPI_API__REQUEST_TIMEOUT_S="60")
+        # The iris worker is stopped (SIGSTOP) but its heartbeat counts for a minute: the request is routed
+        # to it and waits.
+        stack = stack_factory(MLAPI_REDIS_URL=broker.url, MLAPI_API__REQUEST_TIMEOUT_S="60",
+                              MLAPI_WORKER__LIVENESS_MS="60000")  # fmt: skip
         stack.start_api()
+        worker = stack.start_worker("--model", "iris")
         queued = redis.Redis.from_url(broker.url)
-        with httpx.Client(base_url=stack.url, timeout=30) as client:  # no iris worker: the request waits
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            version = client.get("/models/iris").json()["default_version"]
+            stream = queue.request_stream("iris", version)
+            wait_until(lambda: client.get(f"/models/iris/versions/{version}").json()["ready"], 30, "the iris worker")
+            worker.send_signal(signal.SIGSTOP)
             answers: list[httpx.Response] = []
             waiter = threading.Thread(target=lambda: answers.append(client.post("/models/iris/predict", json=IRIS)))
             waiter.start()
-            wait_until(lambda: queued.xlen(queue.request_stream("iris")) == 1, 10, "the request to be queued")
+            wait_until(lambda: queued.xlen(stream) == 1, 10, "the request to be queued")
             queued.close()
             broker.stop()
             waiter.join(20)
@@ -52,5 +60,6 @@ def test_losing_the_broker_fails_waiting_requests_with_their_ids(stack_factory: 
             [response] = answers
             assert response.status_code == 503
             assert "lost the broker" in response.json()["detail"] and "id" in response.json()
+        worker.send_signal(signal.SIGCONT)
     finally:
         broker.stop()

@@ -11,14 +11,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from mlapi.models.spec import read_registry
+from mlapi.models.spec import read_bundled
 from mlapi.settings import Settings
 from mlapi.storage.repository import engine_for
 from tests.conftest import REGISTRY, StackFactory
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300
-EXAMPLE = read_registry(REGISTRY)["diabetes-risk"].example
+EXAMPLE = read_bundled(REGISTRY)["diabetes-risk"][0].example
 
 
 async def test_every_accepted_request_ends_with_exactly_one_row(

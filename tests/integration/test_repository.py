@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi.storage.repository import Cursor, Filters, InvalidCursor, PredictionRepository
-from mlapi.storage.tables import metadata
+from mlapi.storage.tables import metadata, predictions
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -23,9 +24,11 @@ def row(n: int, created_at: datetime | None = None, model: str = "diabetes-risk"
         "id": str(uuid.UUID(int=n)),
         "model": model,
         "model_version": "1",
+        "task": "classification",
         "status": "done",
         "features": {"age": n},
         "prediction": n % 2,
+        "value": None,
         "label": ["no", "yes"][n % 2],
         "probability": 0.9,
         "probabilities": {"no": 0.1, "yes": 0.9},
@@ -74,6 +77,32 @@ async def test_filters(repository: PredictionRepository) -> None:
     assert {r["prediction"] for r in ones} == {1} and len(ones) == 3
     window, _ = await repository.page(Filters(since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4)), 10)
     assert [r["created_at"] for r in window] == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=2)]
+
+
+async def test_a_regression_row_round_trips_its_value(repository: PredictionRepository) -> None:
+    value = 0.1 + 0.2  # every bit survives: a double column, not a float4 or a rounded decimal
+    regression = row(
+        8, model="house-price", model_version="3", task="regression", prediction=None, value=value,
+        label=None, probability=None, probabilities=None, features={"mean radius": 1.5},
+    )  # fmt: skip
+    await repository.add([regression, row(9)])
+    got = await repository.get(str(uuid.UUID(int=8)))
+    assert got is not None
+    assert got["task"] == "regression" and got["value"] == value and got["prediction"] is None
+    assert got["label"] is None and got["probabilities"] is None and got["features"] == {"mean radius": 1.5}
+    assert got["model_version"] == "3"
+    classified = await repository.get(str(uuid.UUID(int=9)))
+    assert classified is not None and classified["task"] == "classification" and classified["value"] is None
+
+
+async def test_an_unknown_task_is_refused(repository: PredictionRepository) -> None:
+    with pytest.raises(sa.exc.IntegrityError, match="ck_predictions_task"):
+        await repository.add([row(10, task="ranking")])
+    assert await repository.get(str(uuid.UUID(int=10))) is None
+
+
+def test_a_row_is_exactly_the_tables_columns() -> None:
+    assert set(row(1)) == {c.name for c in predictions.columns}
 
 
 def test_cursors_round_trip_and_reject_garbage() -> None:

@@ -202,7 +202,7 @@ def run(plan: Plan, settings: Settings) -> Results:
     started = time.monotonic()
     for noisy in ("httpx", "alembic"):  # one line per readiness probe and migration step drowns the table
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
-    model_dir = settings.models_dir / plan.model
+    model_dir = settings.bundled_models_dir / plan.model
     hey = ensure_hey() if plan.use_hey else None
     load = LoadGenerator(hey, plan.out_dir)
     machine = f"{platform.machine()}, {_cpus()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"

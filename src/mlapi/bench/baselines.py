@@ -31,16 +31,16 @@ def floor_app(spec: ModelSpec) -> FastAPI:
 def inprocess_app(model_dir: Path) -> FastAPI:
     import pandas as pd
 
-    from mlapi.models.runtime import LoadedModel
+    from mlapi.bench.probes import load_bundled
 
-    model = LoadedModel.load(model_dir)
-    pipeline, labels = model.pipeline, model.spec.labels
+    model = load_bundled(model_dir)
+    pipeline, labels = model.estimator, model.spec.labels
     sample_type = model.spec.sample_type
     app = FastAPI()
 
     @app.post("/predict")
     def predict(sample: sample_type) -> dict[str, Any]:  # type: ignore[valid-type]
-        row = sample.model_dump()  # type: ignore[attr-defined]
+        row = sample.model_dump(by_alias=True)  # type: ignore[attr-defined]
         probabilities = pipeline.predict_proba(pd.DataFrame([row]))[0]
         k = int(probabilities.argmax())
         return {"prediction": k, "label": labels[k], "probability": float(probabilities[k])}

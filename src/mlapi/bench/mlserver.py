@@ -48,11 +48,11 @@ def export_model(model_dir: Path, out_dir: Path, ports: tuple[int, int, int]) ->
     """Write the joblib artifact and MLServer's two settings files; returns the folder `mlserver start` takes."""
     import joblib  # type: ignore[import-untyped]
 
-    from mlapi.models.runtime import LoadedModel
+    from mlapi.bench.probes import load_bundled
 
-    model = LoadedModel.load(model_dir)
+    model = load_bundled(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model.pipeline, out_dir / "model.joblib")
+    joblib.dump(model.estimator, out_dir / "model.joblib")
     http, grpc, metrics = ports
     server = {"debug": False, "host": "127.0.0.1", "http_port": http, "grpc_port": grpc, "metrics_port": metrics,
               "parallel_workers": 0}  # fmt: skip

@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sqlalchemy as sa
 
 from mlapi.storage.repository import Cursor, engine_for
+
+if TYPE_CHECKING:  # the model libraries load only where a probe needs them
+    from mlapi.runtimes.sklearn import SklearnModel
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -61,7 +64,18 @@ class PipelineCost:
     pipeline_ms: float
     """CPU time of `pipeline.predict_proba(DataFrame)` for the whole batch, as a user calls it."""
     lean_ms: float
-    """CPU time of mlapi's `LoadedModel.predict_proba(rows)` for the whole batch."""
+    """CPU time of mlapi's runtime on the rows (`SklearnModel.scores`, the fast path) for the whole batch."""
+
+
+def load_bundled(model_dir: Path) -> SklearnModel:
+    """A bundled model as a worker holds it."""
+    from mlapi import runtimes
+    from mlapi.models.spec import ARTIFACT_FILE, ModelSpec
+    from mlapi.runtimes.sklearn import SklearnModel
+
+    model = runtimes.load(ModelSpec.read(model_dir), (model_dir / ARTIFACT_FILE).read_bytes())
+    assert isinstance(model, SklearnModel)
+    return model
 
 
 def pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
@@ -75,9 +89,7 @@ def pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list
 def _pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> list[PipelineCost]:
     import pandas as pd
 
-    from mlapi.models.runtime import LoadedModel
-
-    model = LoadedModel.load(model_dir)
+    model = load_bundled(model_dir)
     sample = model.spec.example
     out = []
     for n in batches:
@@ -86,8 +98,8 @@ def _pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> lis
         out.append(
             PipelineCost(
                 batch=n,
-                pipeline_ms=_median_cpu_ms(lambda f=frame: model.pipeline.predict_proba(f), repeat),  # type: ignore[misc]
-                lean_ms=_median_cpu_ms(lambda r=rows: model.predict_proba(r), repeat),  # type: ignore[misc]
+                pipeline_ms=_median_cpu_ms(lambda f=frame: model.estimator.predict_proba(f), repeat),  # type: ignore[misc]
+                lean_ms=_median_cpu_ms(lambda r=rows: model.scores(r), repeat),  # type: ignore[misc]
             )
         )
     return out

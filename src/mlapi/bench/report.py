@@ -234,7 +234,7 @@ def _cost_section(results: Results) -> list[str]:
     lines = ["## Worker cost per row", ""]
     rows = [[f"pipeline.predict_proba(DataFrame), {c.batch} row(s)", f"{c.pipeline_ms:.2f}",
              f"{c.pipeline_ms / c.batch * 1000:.0f}"] for c in results.pipeline]  # fmt: skip
-    rows += [[f"LoadedModel.predict_proba (mlapi's path), {c.batch} row(s)", f"{c.lean_ms:.2f}",
+    rows += [[f"SklearnModel.scores (mlapi's fast path), {c.batch} row(s)", f"{c.lean_ms:.2f}",
               f"{c.lean_ms / c.batch * 1000:.0f}"] for c in results.pipeline]  # fmt: skip
     for p in results.points:
         if p.system == "mlapi" and p.persisted:

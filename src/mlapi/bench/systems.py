@@ -19,7 +19,7 @@ from mlapi.bench import mlserver
 from mlapi.bench.load import Target
 from mlapi.models.spec import ModelSpec
 from mlapi.servers import PostgresServer, RedisServer, free_port
-from mlapi.storage.migrate import upgrade
+from mlapi.storage.migrate import migrate
 
 READY_TIMEOUT_S = 120.0
 MLAPI_WORKERS = 2
@@ -115,12 +115,12 @@ def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
             **os.environ,
             "MLAPI_REDIS_URL": redis.url,
             "MLAPI_DATABASE_URL": postgres.url,
-            "MLAPI_MODELS_DIR": str(model_dir.parent),
+            "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
             "MLAPI_API__PORT": str(api_port),
             "MLAPI_LOG_LEVEL": "WARNING",
         }
         database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")
-        upgrade(database_url)
+        migrate(database_url, model_dir.parent)
         command = [sys.executable, "-m", "mlapi"]
         api = _spawn([*command, "api"], work / "api.log", env)
         workers = [_spawn([*command, "worker"], work / f"worker-{i + 1}.log", env) for i in range(MLAPI_WORKERS)]

@@ -11,6 +11,7 @@ and the tests check they agree on many.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -54,9 +55,9 @@ def inspect(estimator: Any) -> Inspection:
     """Feature names, classes and task of a fitted estimator or pipeline, for the spec and its checks."""
     names = getattr(estimator, "feature_names_in_", None)
     classes = getattr(estimator, "classes_", None)
-    task: Task | None = (
-        "classification" if is_classifier(estimator) else "regression" if is_regressor(estimator) else None
-    )
+    task: Task | None = None
+    with contextlib.suppress(AttributeError):  # not a scikit-learn estimator: it has no tags to ask
+        task = "classification" if is_classifier(estimator) else "regression" if is_regressor(estimator) else None
     return Inspection(
         features=None if names is None else [str(n) for n in names],
         classes=None if classes is None else np.asarray(classes).tolist(),
@@ -160,8 +161,7 @@ class SklearnModel:
         self.estimator = estimator
         found = inspect(estimator)
         self._check(found)
-        names = [f.name for f in spec.features]
-        self._names = names
+        self._names = [f.name for f in spec.features]
         self._by_name = getattr(estimator, "feature_names_in_", None) is not None
         self._dtypes = {
             f.name: None if f.kind == "category" else np.int64 if f.kind == "flag" or f.integer else np.float64

@@ -1,4 +1,5 @@
-"""The web UI in a real browser against the real API: predict, a field's error, the history, charts, live updates."""
+"""The web UI in a real browser against the real API: predict, a field's error, versions, a regressor, the history,
+charts, live updates."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import time
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from mlapi.servers import free_port
-from tests.e2e.web.conftest import PAGE_SIZE, SCREENSHOTS, Web, start_web
+from tests.e2e.web.conftest import PAGE_SIZE, SCREENSHOTS, Regressor, Web, start_web
 
 pytestmark = pytest.mark.e2e
 ID = re.compile(r"/predictions/([0-9a-f-]{36})$")
+CLASS_CHARTS = ("Predictions over time", "Predicted classes", "How sure the model was", "Latency percentiles")
 
 
 def iris(i: int) -> dict[str, Any]:
@@ -53,7 +55,8 @@ def history(web: Web) -> None:
 def test_the_form_predicts_and_shows_how_sure_the_model_is(page: Page, web: Web) -> None:
     page.goto(f"{web.url}/")
     expect(page).to_have_title(re.compile("Predict with diabetes-risk"))
-    expect(page.get_by_label("Model", exact=True)).to_have_value("diabetes-risk")
+    expect(page.get_by_label("Model and version")).to_have_value("diabetes-risk")  # its default version
+    expect(page.locator(".version-note")).to_have_text(re.compile(r"^This is version \d+, the default\.$"))
     expect(page.get_by_label("Age")).to_have_value("54")  # the spec's example
     expect(page.get_by_label("Gender")).to_have_value("Female")
     page.get_by_role("group", name="Hypertension").get_by_label("Yes").check()
@@ -95,7 +98,7 @@ def test_an_invalid_value_is_shown_at_its_field(page: Page, web: Web) -> None:
 
 def test_the_form_follows_the_chosen_models_spec(page: Page, web: Web) -> None:
     page.goto(f"{web.url}/predict")
-    page.get_by_label("Model", exact=True).select_option("iris")
+    page.get_by_label("Model and version").select_option("iris")
     page.get_by_role("button", name="Use this model").click()
     expect(page.get_by_label("Petal width")).to_have_value("0.2")
     expect(page.get_by_label("Gender")).to_have_count(0)
@@ -127,12 +130,11 @@ def test_the_history_shows_the_new_prediction_and_charts(page: Page, web: Web) -
     expect(page.locator(f'tr[data-id="{prediction_id}"]')).to_be_visible()
     expect(page.locator("table.history tbody tr")).to_have_count(PAGE_SIZE)
 
-    charts = page.locator("figure.chart-card")
-    expect(charts).to_have_count(4)
-    for i in range(4):
-        chart = charts.nth(i)
+    for title in CLASS_CHARTS:  # other charts may join them, as other tests add models
+        chart = chart_card(page, title)
         expect(chart.get_by_role("img")).to_be_visible()
         assert chart.locator("rect").count() >= 2, chart.inner_text()
+    charts = page.locator("figure.chart-card")
     expect(charts.first.get_by_role("img")).to_have_accessible_name(re.compile("Predictions over time"))
     expect(page.get_by_role("list", name="Colours")).to_contain_text("virginica")
     page.screenshot(path=SCREENSHOTS / "history.png", full_page=True)
@@ -140,6 +142,10 @@ def test_the_history_shows_the_new_prediction_and_charts(page: Page, web: Web) -
     page.get_by_role("link", name="Older predictions").click()
     expect(page.locator(f'tr[data-id="{prediction_id}"]')).to_have_count(0)
     expect(page.locator("table.history tbody tr").first).to_be_visible()
+
+
+def chart_card(page: Page, title: str) -> Locator:
+    return page.locator("figure.chart-card").filter(has=page.locator("figcaption", has_text=re.compile(f"^{title}$")))
 
 
 def test_the_history_filters_by_model_and_class(page: Page, web: Web) -> None:
@@ -164,11 +170,11 @@ def test_the_history_updates_by_itself(page: Page, web: Web) -> None:
     expect(page.get_by_role("status")).to_contain_text("New predictions shown")
 
 
-def test_readable_on_a_phone(browser: Browser, web: Web) -> None:
+def test_readable_on_a_phone(browser: Browser, web: Web, regressor: Regressor) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True)
     page = context.new_page()
     try:
-        for path in ("/predict", "/history"):
+        for path in ("/predict", "/history", f"/predict?model={regressor.name}@2", f"/history?model={regressor.name}"):
             page.goto(f"{web.url}{path}")
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, f"{path} scrolls sideways on a phone ({width} px)"
@@ -189,10 +195,19 @@ def test_an_api_that_is_down_is_explained(page: Page, web: Web) -> None:
         expect(page.get_by_role("link", name="try again")).to_be_visible()
 
 
-def test_without_javascript(browser: Browser, web: Web) -> None:
+def test_without_javascript(browser: Browser, web: Web, regressor: Regressor) -> None:
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     try:
+        page.goto(f"{web.url}/predict")
+        page.get_by_label("Model and version").select_option(f"{regressor.name}@2")
+        page.get_by_role("button", name="Use this model").click()
+        expect(page).to_have_url(re.compile(rf"model={regressor.name}%402$"))
+        page.get_by_label("Petal length").fill("5")
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator(".result .meta")).to_contain_text(f"by {regressor.name} v2")
+        shown = page.locator(".result .verdict-value").inner_text()
+        assert float(shown.replace(",", "")) == pytest.approx(regressor.predict(2, {"petal length": 5.0}), rel=1e-4)
         page.goto(f"{web.url}/predict?model=iris")
         page.get_by_label("Petal length").fill("4.5")
         page.get_by_label("Petal width").fill("1.4")
@@ -202,6 +217,65 @@ def test_without_javascript(browser: Browser, web: Web) -> None:
         page.get_by_role("button", name="Predict").click()
         expect(page.locator("#f-petal_width-error")).to_contain_text("Enter a value")
         page.goto(f"{web.url}/history")
-        expect(page.locator("figure.chart-card svg.chart")).to_have_count(4)
+        expect(page.locator("figure.chart-card svg.chart").nth(len(CLASS_CHARTS) - 1)).to_be_visible()
     finally:
         context.close()
+
+
+def test_a_version_is_chosen_and_a_regressor_answers_with_a_number(page: Page, web: Web, regressor: Regressor) -> None:
+    page.goto(f"{web.url}/predict")
+    picker = page.get_by_label("Model and version")
+    expect(picker.locator("option", has_text=f"{regressor.name} v1 (default)")).to_have_attribute(
+        "value", regressor.name
+    )
+    picker.select_option(f"{regressor.name}@2")
+    page.get_by_role("button", name="Use this model").click()
+    expect(page).to_have_title(re.compile(f"Predict with {regressor.name} v2"))
+    expect(page.locator(".version-note")).to_have_text(
+        "This is version 2, not the default. Use version 1, the default."
+    )
+    expect(page.get_by_label("Sepal length")).to_have_count(0)  # version 2 takes the petal's length alone
+    expect(page.locator(".lead")).to_contain_text("Predicts a number")
+    page.get_by_label("Petal length").fill("4.5")
+    page.get_by_label("Petal length").press("Enter")
+
+    result = page.locator(".result")
+    expect(result).to_be_focused()
+    expect(result.locator(".meta")).to_contain_text(f"by {regressor.name} v2")
+    shown = result.locator(".verdict-value").inner_text()
+    assert float(shown.replace(",", "")) == pytest.approx(regressor.predict(2, {"petal length": 4.5}), rel=1e-4)
+    expect(result).not_to_contain_text("Probability")
+    expect(page.get_by_label("Model and version")).to_have_value(f"{regressor.name}@2")
+
+    page.get_by_role("link", name="Use version 1, the default").click()
+    expect(page.get_by_label("Sepal length")).to_be_visible()
+    page.get_by_label("Petal length").press("Enter")
+    expect(page.locator(".result .meta")).to_contain_text(f"by {regressor.name} v1")
+
+
+def test_the_history_shows_a_regressors_values(page: Page, web: Web, regressor: Regressor) -> None:
+    with web.api() as api:
+        for length in (1.5, 4.5, 6.0):
+            row = {"sepal length": 6.0, "sepal width": 3.0, "petal length": length}
+            response = api.post(f"/models/{regressor.name}/versions/1/predict", json=row)
+            assert response.status_code == 200, response.text
+            assert response.json()["task"] == "regression" and "label" not in response.json()
+    page.goto(f"{web.url}/history")
+    page.get_by_label("Model", exact=True).select_option(regressor.name)
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_label("Predicted class")).to_have_count(0)  # a regressor has no classes to filter by
+    rows = page.locator("table.history tbody tr")
+    expect(rows.first).to_contain_text(regressor.name)
+    expect(rows.first.locator(".value")).to_have_text(re.compile(r"^-?[\d,]+(\.\d+)?$"))
+    expect(page.locator("figure.chart-card figcaption")).to_have_text(
+        ["Predictions over time", "Predicted values", "Latency percentiles"]
+    )
+    values = chart_card(page, "Predicted values")
+    expect(values.get_by_role("img")).to_be_visible()
+    assert values.locator("rect").count() >= 2, values.inner_text()
+    expect(values).to_contain_text(f"predicted values of {regressor.name}")
+
+    rows.first.get_by_role("link").click()
+    expect(page.locator(".verdict-value")).to_be_visible()
+    expect(page.locator("dl.facts")).to_contain_text(f"{regressor.name} v1")
+    expect(page.get_by_role("row", name=re.compile("Petal length"))).to_be_visible()
