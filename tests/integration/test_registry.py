@@ -189,6 +189,31 @@ async def test_removing_a_model_removes_its_versions(
         await registry.remove_model(name)
 
 
+async def test_a_model_added_again_after_removal_continues_its_version_numbers(
+    registry: RegistryRepository, name: str
+) -> None:
+    # The history still names the removed model's versions: a new model of that name must not reuse them.
+    await registry.add_version(name, BODY, artifact(1), promote=False)
+    await registry.add_version(name, BODY, artifact(2), promote=False)
+    await registry.remove_model(name)
+    with pytest.raises(NotFound):
+        await registry.promote(name, 1)
+    again = await registry.add_version(name, BODY, artifact(3), promote=False)
+    assert again.version == 3
+    model = (await registry.snapshot())[name]
+    assert list(model.versions) == [3] and model.default_version == 3
+
+
+async def test_a_bundled_model_a_user_removed_is_not_seeded_again(
+    registry: RegistryRepository, name: str, tmp_path: Path
+) -> None:
+    shutil.copytree(REGISTRY / "iris", tmp_path / name)
+    assert await registry.seed(read_bundled(tmp_path)) == [f"seeded {name} version 1"]
+    await registry.remove_model(name)
+    assert await registry.seed(read_bundled(tmp_path)) == []
+    assert name not in await registry.snapshot()
+
+
 async def test_an_identical_artifact_is_refused(registry: RegistryRepository, unique: Callable[[], str]) -> None:
     name, other = unique(), unique()
     data = artifact(1)

@@ -74,7 +74,8 @@ class RegistryRepository:
     async def snapshot(self) -> Snapshot:
         """Every model and version, without artifacts, in two queries."""
         async with self.engine.connect() as conn:
-            model_rows = (await conn.execute(sa.select(models).order_by(models.c.name))).mappings().all()
+            live = sa.select(models).where(models.c.removed_at.is_(None)).order_by(models.c.name)
+            model_rows = (await conn.execute(live)).mappings().all()
             version_rows = (
                 await conn.execute(sa.select(*_LISTED).order_by(model_versions.c.model, model_versions.c.version))
             ).mappings()
@@ -125,9 +126,13 @@ class RegistryRepository:
             )
 
     async def remove_model(self, name: str) -> None:
+        """Remove every version and its artifact; the model's row stays as a tombstone (see `models`)."""
         async with self.engine.begin() as conn:
             await _lock_model(conn, name)
-            await conn.execute(sa.delete(models).where(models.c.name == name))  # versions cascade
+            await conn.execute(sa.delete(model_versions).where(model_versions.c.model == name))
+            await conn.execute(
+                sa.update(models).where(models.c.name == name).values(removed_at=sa.func.now(), default_version=None)
+            )
 
     async def seed(self, bundled: Mapping[str, tuple[ModelSpec, Path]]) -> list[str]:
         """Add each bundled model's artifact unless the model already holds it (same sha256); a new bundled
@@ -136,7 +141,10 @@ class RegistryRepository:
         for name, (spec, path) in bundled.items():
             artifact = path.read_bytes()
             async with self.engine.begin() as conn:
-                model = await _lock_model(conn, name, create=spec.description)
+                try:
+                    model = await _lock_model(conn, name, create=spec.description, revive=False)
+                except NotFound:
+                    continue  # a user removed this bundled model: it stays removed
                 held = await conn.execute(
                     sa.select(model_versions.c.version).where(
                         model_versions.c.model == name, model_versions.c.sha256 == sha256(artifact)
@@ -167,11 +175,19 @@ def _version(row: sa.RowMapping) -> Version:
     return Version(spec, row["sha256"], row["size"], row["origin"], row["created_at"])
 
 
-async def _lock_model(conn: AsyncConnection, name: str, create: str | None = None) -> sa.RowMapping:
-    """The model's row, locked for this transaction; with `create` (its description), made if missing."""
+async def _lock_model(
+    conn: AsyncConnection, name: str, create: str | None = None, *, revive: bool = True
+) -> sa.RowMapping:
+    """The model's row, locked for this transaction. With `create` (its description) it is made if missing,
+    and a removed model of that name comes back (with `revive`), keeping its version numbers."""
     if create is not None:
         await conn.execute(pg_insert(models).values(name=name, description=create).on_conflict_do_nothing())
     row = (await conn.execute(sa.select(models).where(models.c.name == name).with_for_update())).mappings().first()
+    if row is not None and row["removed_at"] is not None:
+        if create is None or not revive:
+            raise NotFound(f"no model {name!r}")
+        await conn.execute(sa.update(models).where(models.c.name == name).values(removed_at=None))
+        row = {**row, "removed_at": None}  # type: ignore[assignment]
     if row is None:
         raise NotFound(f"no model {name!r}")
     return row

@@ -43,6 +43,9 @@ models = sa.Table(
     # Versions are never reused while the model exists: the history names them.
     sa.Column("next_version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # A removed model keeps its row, so a later model of the same name continues its version numbers (the
+    # history names versions) and `mlapi migrate` does not bring back a bundled model a user removed.
+    sa.Column("removed_at", sa.DateTime(timezone=True)),
 )
 
 model_versions = sa.Table(

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("default_version", sa.Integer),
         sa.Column("next_version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("removed_at", sa.DateTime(timezone=True)),
     )
     op.create_table(
         "model_versions",
