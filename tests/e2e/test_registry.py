@@ -26,11 +26,13 @@ from tests.conftest import Stack, StackFactory, wait_until
 pytestmark = pytest.mark.e2e
 RELOAD_S = 10
 """The issue's bound: a registry change reaches every process within this long."""
+ARTIFACT_LIMIT = 2_000_000
+"""Uploads above this get a 413 here: above the 1 MiB limit of other bodies, which uploads are exempt from."""
 
 
 @pytest.fixture(scope="module")
 def stack(stack_factory: StackFactory) -> Stack:
-    stack = stack_factory()
+    stack = stack_factory(MLAPI_API__MAX_ARTIFACT_BYTES=str(ARTIFACT_LIMIT))
     stack.start_api()
     stack.start_worker("--model", "diabetes-risk")
     stack.start_worker()  # every model, those added later included
@@ -187,6 +189,10 @@ def test_broken_untrusted_and_mismatched_artifacts_are_refused_with_the_reason(
     assert garbage.status_code == 422
     bad_name = upload(client, "Not_A_Name", artifact, spec)
     assert bad_name.status_code == 422 and "name" in bad_name.json()["detail"]
+    too_large = upload(client, "refused", artifact + b"\0" * ARTIFACT_LIMIT, spec)
+    assert too_large.status_code == 413 and "limit" in too_large.json()["detail"]
+    over_body_limit = upload(client, "refused", b"x" * 1_500_000, spec)  # not a 413: read, then refused
+    assert over_body_limit.status_code == 422 and "skops" in over_body_limit.json()["detail"]
     bad_spec = upload(client, "refused", artifact, {"features": []})
     assert bad_spec.status_code == 422 and "spec" in bad_spec.json()["detail"]
     unknown_runtime = upload(client, "refused", artifact, spec | {"runtime": "tensorflow"})

@@ -35,7 +35,6 @@ _COMPRESSED = {
     b"\xfd7zXZ": "xz",
     b"\x5d\x00": "lzma",
     b"\x04\x22\x4d\x18": "lz4",
-    b"\x78": "zlib",
 }
 
 
@@ -112,9 +111,11 @@ def _unknown(runtime: str) -> str:
 def _skops(artifact: bytes) -> str | None:
     if artifact.startswith(b"\x80"):
         return f"this is a pickle or joblib file: {PICKLE_REFUSAL}"
-    for magic, compression in _COMPRESSED.items():
-        if artifact.startswith(magic):
-            return f"this is a {compression}-compressed file, as joblib writes: {PICKLE_REFUSAL}"
+    compression = next((c for magic, c in _COMPRESSED.items() if artifact.startswith(magic)), None)
+    if artifact[:1] == b"\x78" and int.from_bytes(artifact[:2], "big") % 31 == 0:  # a valid zlib header
+        compression = "zlib"
+    if compression is not None:
+        return f"this is a {compression}-compressed file, as joblib writes: {PICKLE_REFUSAL}"
     if not artifact.startswith(b"PK"):
         return "not a skops file: save the model with `skops.io.dump(model, 'model.skops')`"
     try:
