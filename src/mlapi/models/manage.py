@@ -1,222 +1,253 @@
-"""`mlapi models add | list | promote | remove`: the registry changes through the API.
+"""`mlapi models add | list | promote | remove`, and what adding a version does before any network call.
 
-`add` does its checks and the spec's inference here, on the user's machine, which has the model's libraries
-(the API has none): the file's format, its untrusted types, the spec, and a local load of the artifact with
-that spec. Only then is anything sent.
+`prepare` runs on the user's machine, which has the model's libraries (the API has none): it reads the file
+and tells its runtime from its bytes (or saves an in-memory model in its runtime's format), checks a skops
+file's untrusted types, infers the spec and loads the artifact with it as a worker would. Only then does
+`mlapi.client.Client`, which the command line and notebooks share, send anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import skops.io
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from mlapi import runtimes
-from mlapi.models.spec import NAME_PATTERN, ModelSpec, SpecBody
-from mlapi.schemas import ModelSummary, VersionInfo
+from mlapi.client import Client, ClientError, check_name
+from mlapi.models.spec import ModelSpec, SpecBody
+from mlapi.schemas import ModelSummary
 
-DEFAULT_API = "http://127.0.0.1:8000"
-# Uploads may be hundreds of megabytes and the API waits for a worker to load-check them.
-TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlapi.runtimes import Inspection
+
 PICKLE_WARNING = "warning: unpickling runs code from the file: only for files you made yourself"
-
-
-class CommandError(Exception):
-    """A refusal: the message is printed to stderr and the command exits 1."""
-
-
-@dataclass(frozen=True)
-class Api:
-    """Where the API is, and the key to send it."""
-
-    url: str = DEFAULT_API
-    key: str | None = None
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The API's answer; `CommandError` with the server's `detail` on an error status, or when unreachable."""
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        try:
-            with httpx.Client(base_url=self.url, timeout=TIMEOUT, headers=headers) as client:
-                response = client.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise CommandError(
-                f"cannot reach the API at {self.url} ({type(e).__name__}: {e}); is it running? "
-                "Point --api or MLAPI_API_URL at it"
-            ) from e
-        if response.is_error:
-            raise CommandError(f"{response.status_code} {response.reason_phrase}: {_detail(response)}")
-        return response
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json()["detail"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500] or "(no detail)"
-    if isinstance(detail, list):  # a validation error: one line per problem, naming where
-        return "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', d)}" if isinstance(d, dict) else str(d)
-            for d in detail
-        )
-    return str(detail)
+EXTENSIONS = {"sklearn": "skops", "xgboost": "json", "lightgbm": "txt", "onnx": "onnx"}
+"""File extension of each runtime's artifacts, for naming an in-memory model's upload."""
+DUMP_ORDER = ("xgboost", "lightgbm", "onnx", "sklearn")
+"""Runtimes asked in turn to save an in-memory model: scikit-learn last, as XGBoost's and LightGBM's models are
+scikit-learn estimators too, which skops would save as such."""
+FORMATS = (
+    "a skops file (--runtime sklearn), an XGBoost model saved as JSON or UBJSON (xgboost), a LightGBM Booster's "
+    "text file (lightgbm) or an ONNX model (onnx)"
+)
 
 
 @dataclass(frozen=True)
 class Upload:
-    """What `add` sends: the skops artifact and its spec."""
+    """What adding a version sends: the artifact, the file name to send it as, and its spec."""
 
     filename: str
     artifact: bytes
     spec: SpecBody
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact's bytes, its runtime, and what an in-memory model told about it."""
+
+    raw: bytes
+    filename: str
+    runtime: str
+    classes: list[Any] | None = None
+    """An in-memory classifier's `classes_`."""
+    own: bool = False
+    """Saved here from an in-memory model: the types it holds are the user's own and trusted."""
+
+
 def prepare(
     name: str,
-    artifact: Path,
+    model: object,
     *,
-    data: Path | None = None,
+    data: pd.DataFrame | str | Path | None = None,
     target: str | None = None,
     task: str | None = None,
     trust: Sequence[str] = (),
     description: str | None = None,
-    spec_file: Path | None = None,
+    spec: SpecBody | str | Path | None = None,
+    runtime: str | None = None,
     from_pickle: bool = False,
     warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> Upload:
-    """Everything `add` does before the network: read, convert, check trust, infer the spec, load locally.
+    """Everything adding a version does before the network: read or save, check trust, infer the spec, load.
 
-    Raises `CommandError` naming the problem: a bad name, a pickle (unless `from_pickle`), a file that is not
-    skops, types not acknowledged with `trust`, a spec that cannot be inferred, an artifact that does not load
-    with its spec.
+    Raises `ClientError` naming the problem: a bad name, a file no runtime reads, a pickle (unless
+    `from_pickle`), a file its runtime cannot open, types not acknowledged with `trust`, a spec that cannot be
+    inferred, an artifact that does not load with its spec.
     """
-    _check_name(name)
-    given = _read_spec(spec_file, description, data=data, target=target, task=task)
-    raw, filename = _read_artifact(artifact, given.runtime if given else "sklearn", from_pickle, warn)
-    untrusted = _untrusted(raw, [*trust, *(given.trusted if given else [])])
-    try:
-        estimator = skops.io.loads(raw, trusted=untrusted)
-    except Exception as e:  # a damaged file: its reason, not a traceback
-        raise CommandError(f"{artifact}: cannot load it with skops: {type(e).__name__}: {e}") from e
-    if given is not None:
-        spec = given.model_copy(update={"trusted": untrusted})
+    check_name(name)
+    if from_pickle and runtime not in (None, "sklearn"):
+        raise ClientError("--from-pickle converts a pickle to skops: it applies to the sklearn runtime only")
+    given = _given_spec(spec, description, data=data, target=target, task=task)
+    if given is not None and "runtime" in given.model_fields_set:
+        if runtime is not None and runtime != given.runtime:
+            raise ClientError(f"--runtime {runtime} conflicts with the spec's runtime {given.runtime!r}")
+        runtime = given.runtime
+    if isinstance(model, str | os.PathLike):
+        artifact = _read(Path(model), runtime, from_pickle, warn)
     else:
-        spec = _infer(estimator, data, target, task, description or "", untrusted)
-    try:
-        runtimes.load(ModelSpec.model_validate({**spec.model_dump(), "name": name, "version": 1}), raw)
-    except runtimes.LoadError as e:
-        raise CommandError(f"{artifact} does not load with its spec: {e}") from e
-    return Upload(filename=filename, artifact=raw, spec=spec)
+        artifact = _dump(model, runtime, name)
+    if reason := runtimes.unavailable(artifact.runtime):
+        raise ClientError(reason)
+    trusted = _trusted(artifact, trust, given.trusted if given else [])
+    if given is not None:
+        body = given.model_copy(update={"runtime": artifact.runtime, "trusted": trusted})
+        try:
+            runtimes.load(ModelSpec(**body.model_dump(), name=name, version=1), artifact.raw)
+        except runtimes.LoadError as e:
+            raise ClientError(f"{artifact.filename} does not load with its spec: {e}") from e
+        return Upload(filename=artifact.filename, artifact=artifact.raw, spec=body)
+    return Upload(artifact.filename, artifact.raw, _infer(name, artifact, trusted, data, target, task, description))
 
 
-def _check_name(name: str) -> None:
-    """Refuse a bad name before it reaches a URL path."""
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise CommandError(f"{name!r} is not a model name: lowercase letters, digits and '-', up to 63")
-
-
-def _read_spec(
-    path: Path | None, description: str | None, *, data: Path | None, target: str | None, task: str | None
+def _given_spec(
+    spec: SpecBody | str | Path | None,
+    description: str | None,
+    *,
+    data: object,
+    target: str | None,
+    task: str | None,
 ) -> SpecBody | None:
-    if path is None:
+    if spec is None:
         return None
     if data is not None or target is not None or task is not None:
-        raise CommandError("--spec replaces inference: --data, --target and --task do not apply with it")
-    try:
-        spec = SpecBody.model_validate_json(path.read_bytes())
-    except OSError as e:
-        raise CommandError(f"cannot read {path}: {e}") from e
-    except ValidationError as e:
-        raise CommandError(f"{path} is not a valid spec: {e}") from e
+        raise ClientError("--spec replaces inference: --data, --target and --task do not apply with it")
+    if not isinstance(spec, SpecBody):
+        try:
+            spec = SpecBody.model_validate_json(Path(spec).read_bytes())
+        except OSError as e:
+            raise ClientError(f"cannot read {spec}: {e}") from e
+        except ValidationError as e:
+            raise ClientError(f"{spec} is not a valid spec: {e}") from e
     return spec if description is None else spec.model_copy(update={"description": description})
 
 
-def _read_artifact(path: Path, runtime: str, from_pickle: bool, warn: Callable[[str], None]) -> tuple[bytes, str]:
-    """The artifact's skops bytes and the file name to upload them as."""
+def _read(path: Path, runtime: str | None, from_pickle: bool, warn: Callable[[str], None]) -> Artifact:
+    """A file's bytes and runtime: the one given, else the one whose format the bytes have."""
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise CommandError(f"cannot read {path}: {e}") from e
+        raise ClientError(f"cannot read {path}: {e}") from e
+    if not raw:
+        raise ClientError(f"{path} is empty")
+    pickled = runtimes.PICKLE_REFUSAL in (runtimes.check_format("sklearn", raw) or "")
+    runtime = runtime or runtimes.guess_runtime(raw) or ("sklearn" if pickled else None)
+    if runtime is None:
+        raise ClientError(f"cannot tell which runtime reads {path}: it is none of {FORMATS}")
     reason = runtimes.check_format(runtime, raw)
     if reason is None:
-        return raw, path.name
-    if not from_pickle or runtime not in runtimes.RUNTIMES:
-        raise CommandError(f"{path}: {reason}")
+        return Artifact(raw, path.name, runtime)
+    if not (from_pickle and pickled and runtime == "sklearn"):
+        raise ClientError(f"{path}: {reason}")
     warn(PICKLE_WARNING)
     import joblib  # type: ignore[import-untyped]  # scikit-learn's dependency; reads plain and compressed pickles
+    import skops.io
 
     try:
         model = joblib.load(io.BytesIO(raw))
     except Exception as e:  # anything unpickling raises
-        raise CommandError(f"{path}: cannot unpickle it: {type(e).__name__}: {e}") from e
+        raise ClientError(f"{path}: cannot unpickle it: {type(e).__name__}: {e}") from e
     try:
         converted = skops.io.dumps(model)
     except Exception as e:  # skops names the type it cannot persist
-        raise CommandError(f"{path}: cannot convert it to skops: {type(e).__name__}: {e}") from e
-    return converted, f"{path.stem}.skops"
+        raise ClientError(f"{path}: cannot convert it to skops: {type(e).__name__}: {e}") from e
+    return Artifact(converted, f"{path.stem}.skops", "sklearn")
 
 
-def _untrusted(raw: bytes, acknowledged: Sequence[str]) -> list[str]:
-    """The artifact's types beyond skops' trusted set; refused unless each was acknowledged."""
+def _dump(model: object, runtime: str | None, name: str) -> Artifact:
+    """An in-memory model saved by the first runtime (or the given one) whose `dump` takes it."""
+    if runtime is not None and runtime not in runtimes.RUNTIMES:
+        raise ClientError(f"unknown runtime {runtime!r}: known runtimes are {', '.join(sorted(runtimes.RUNTIMES))}")
+    kind = type(model).__name__
+    for candidate in [runtime] if runtime is not None else DUMP_ORDER:
+        if runtimes.unavailable(candidate) is not None:  # its library is not installed: the model is not its
+            continue
+        dump: Callable[[object], bytes | None] = importlib.import_module(runtimes.RUNTIMES[candidate]).dump
+        try:
+            raw = dump(model)
+        except Exception as e:  # the library names what it cannot save
+            raise ClientError(f"cannot save the {kind} for the {candidate} runtime: {type(e).__name__}: {e}") from e
+        if raw is not None:
+            classes = getattr(model, "classes_", None)
+            listed = None if classes is None else [c.item() if hasattr(c, "item") else c for c in classes]
+            return Artifact(raw, f"{name}.{EXTENSIONS[candidate]}", candidate, classes=listed, own=True)
+    wanted = "an ONNX ModelProto, or a file" if runtime is None else f"a model of the {runtime} runtime"
+    raise ClientError(
+        f"cannot save a {kind}: pass a scikit-learn estimator or pipeline, an XGBoost or LightGBM model, {wanted}"
+    )
+
+
+def _trusted(artifact: Artifact, trust: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The types a skops artifact holds beyond skops' trusted set, each acknowledged; none for other runtimes."""
+    if artifact.runtime != "sklearn":
+        if trust:
+            raise ClientError("--trust applies to skops files (the sklearn runtime) only")
+        return []
+    import skops.io
+
     try:
-        untrusted = sorted(skops.io.get_untrusted_types(data=raw))
+        untrusted = sorted(skops.io.get_untrusted_types(data=artifact.raw))
     except Exception as e:  # a damaged archive or schema
-        raise CommandError(f"cannot read the artifact's types: {type(e).__name__}: {e}") from e
-    missing = [t for t in untrusted if t not in acknowledged]
+        raise ClientError(f"cannot read the artifact's types: {type(e).__name__}: {e}") from e
+    missing = [] if artifact.own else [t for t in untrusted if t not in {*trust, *given}]
     if missing:
         listed = "\n".join(f"  {t}" for t in missing)
         flags = " ".join(f"--trust {t}" for t in missing)
-        raise CommandError(
+        raise ClientError(
             "the artifact holds types that skops does not trust by default:\n"
             f"{listed}\nLoading one runs its code; if you expect each of them, pass {flags}"
         )
     return untrusted
 
 
+def _inspect(artifact: Artifact, trusted: list[str]) -> Inspection:
+    """What the artifact records about itself, read by its runtime; a file it cannot open is refused."""
+    module = importlib.import_module(runtimes.RUNTIMES[artifact.runtime])
+    try:
+        if artifact.runtime == "sklearn":  # a skops file is read by loading it, with the types accepted
+            found: Inspection = module.inspect_artifact(artifact.raw, trusted=trusted)
+        else:
+            found = module.inspect_artifact(artifact.raw)
+    except runtimes.LoadError as e:
+        raise ClientError(f"{artifact.filename}: {e}") from e
+    except Exception as e:  # whatever the library raises on a damaged file: the reason, not a traceback
+        raise ClientError(f"{artifact.filename}: cannot open it as a {artifact.runtime} model: {e}") from e
+    return found
+
+
 def _infer(
-    estimator: Any, data: Path | None, target: str | None, task: str | None, description: str, trusted: list[str]
+    name: str,
+    artifact: Artifact,
+    trusted: list[str],
+    data: pd.DataFrame | str | Path | None,
+    target: str | None,
+    task: str | None,
+    description: str | None,
 ) -> SpecBody:
     from mlapi.models.infer import InferError, infer_spec, read_data
 
+    found = _inspect(artifact, trusted)
     try:
-        frame, info = read_data(data) if data is not None else (None, None)
-        return infer_spec(estimator, frame, target, task, description, trusted, data_info=info)
+        frame, info = read_data(Path(data)) if isinstance(data, str | os.PathLike) else (data, None)
+        return infer_spec(
+            found, artifact.raw, frame, target, runtime=artifact.runtime, task=task, classes=artifact.classes,
+            description=description or "", trusted=trusted, data_info=info, name=name,
+        )  # fmt: skip
     except OSError as e:
-        raise CommandError(f"cannot read {data}: {e}") from e
+        raise ClientError(f"cannot read {data}: {e}") from e
     except InferError as e:
-        raise CommandError(str(e)) from e
-
-
-def add(api: Api, name: str, upload: Upload, *, promote: bool = False) -> VersionInfo:
-    """Upload a prepared version; the server assigns its number and load-checks it on a worker first."""
-    response = api.request(
-        "POST",
-        f"/models/{name}/versions",
-        params={"promote": "true"} if promote else None,
-        files={"artifact": (upload.filename, upload.artifact, "application/octet-stream")},
-        data={"spec": upload.spec.model_dump_json()},
-    )
-    try:
-        return VersionInfo.model_validate_json(response.content)
-    except ValidationError as e:
-        raise CommandError(f"the API's answer is not a version: {e}") from e
-
-
-def list_models(api: Api) -> list[ModelSummary]:
-    response = api.request("GET", "/models")
-    try:
-        return TypeAdapter(list[ModelSummary]).validate_json(response.content)
-    except ValidationError as e:
-        raise CommandError(f"the API's answer is not a list of models: {e}") from e
+        raise ClientError(str(e)) from e
+    except runtimes.LoadError as e:
+        raise ClientError(f"{artifact.filename} does not load with the inferred spec: {e}") from e
 
 
 def table(models: Sequence[ModelSummary]) -> str:
@@ -230,44 +261,30 @@ def table(models: Sequence[ModelSummary]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def promote(api: Api, name: str, version: int) -> None:
-    api.request("PUT", f"/models/{name}/default", json={"version": version})
-
-
-def remove(api: Api, name: str, version: int | None = None) -> None:
-    """Remove one version, or the whole model when `version` is None."""
-    api.request("DELETE", f"/models/{name}" if version is None else f"/models/{name}/versions/{version}")
-
-
 def run(args: argparse.Namespace) -> int:
     """`mlapi models ...` from parsed arguments: 0 on success, 1 (with the reason on stderr) on refusal."""
-    api = Api(
-        url=args.api or os.environ.get("MLAPI_API_URL") or DEFAULT_API,
-        key=args.api_key or os.environ.get("MLAPI_API_KEY") or None,
-    )
     try:
-        _run(api, args)
-    except CommandError as e:
+        with Client(args.api, api_key=args.api_key) as client:
+            _run(client, args)
+    except ClientError as e:
         print(f"mlapi models {args.action}: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run(api: Api, args: argparse.Namespace) -> None:
-    if args.action != "list":
-        _check_name(args.name)
+def _run(client: Client, args: argparse.Namespace) -> None:
     if args.action == "add":
-        upload = prepare(
-            args.name, args.artifact, data=args.data, target=args.target, task=args.task, trust=args.trust,
-            description=args.description, spec_file=args.spec, from_pickle=args.from_pickle,
+        info = client.add_model(
+            args.name, args.artifact, data=args.data, target=args.target, task=args.task, promote=args.promote,
+            trust=args.trust, description=args.description, spec=args.spec, runtime=args.runtime,
+            from_pickle=args.from_pickle,
         )  # fmt: skip
-        info = add(api, args.name, upload, promote=args.promote)
         print(f"{info.model} version {info.version}" + (" (default)" if info.default else ""))
     elif args.action == "list":
-        print(table(list_models(api)))
+        print(table(client.models()))
     elif args.action == "promote":
-        promote(api, args.name, args.version)
+        client.promote(args.name, args.version)
         print(f"{args.name} version {args.version} is the default")
     elif args.action == "remove":
-        remove(api, args.name, args.version)
+        client.remove(args.name, args.version)
         print(f"removed {args.name}" + ("" if args.version is None else f" version {args.version}"))

@@ -1,8 +1,11 @@
 """Runtimes: each loads one kind of artifact once and predicts batches of validated rows, with no HTTP in sight.
 
-A runtime is one module of this package, chosen by the spec's `runtime` field, with a function
-`load(artifact: bytes, spec: ModelSpec) -> Runtime`. Only that module imports its ML library, so the API can
-import this package (to sniff uploads and to tell which runtimes a process can run) without scikit-learn.
+A runtime is one module of this package, chosen by the spec's `runtime` field, with three functions:
+`load(artifact: bytes, spec: ModelSpec) -> Runtime` (on a worker), and on the user's machine
+`inspect_artifact(artifact: bytes) -> Inspection` (what the file records about itself, for the spec) and
+`dump(model: object) -> bytes | None` (an in-memory model of its library in the runtime's format; None for
+another library's). Only that module imports its ML library, so the API can import this package (to sniff
+uploads and to tell which runtimes a process can run) without any.
 """
 
 from __future__ import annotations
@@ -12,18 +15,40 @@ import importlib.util
 import io
 import zipfile
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from mlapi.contract import Output, Value
-from mlapi.models.spec import ModelSpec
+from mlapi.models.spec import ModelSpec, Task
 
-RUNTIMES: dict[str, str] = {"sklearn": "mlapi.runtimes.sklearn"}
+RUNTIMES: dict[str, str] = {
+    "sklearn": "mlapi.runtimes.sklearn",
+    "xgboost": "mlapi.runtimes.xgboost",
+    "lightgbm": "mlapi.runtimes.lightgbm",
+    "onnx": "mlapi.runtimes.onnx",
+}
 """Module of each runtime, by the name a spec gives in `runtime`."""
 
+_BASE = [("numpy", "numpy"), ("pandas", "pandas")]
 # What each runtime imports, as (import name, distribution name), and the extra that installs it.
 _REQUIRES: dict[str, tuple[list[tuple[str, str]], str]] = {
-    "sklearn": ([("sklearn", "scikit-learn"), ("skops", "skops"), ("numpy", "numpy"), ("pandas", "pandas")], "model"),
+    "sklearn": ([("sklearn", "scikit-learn"), ("skops", "skops"), *_BASE], "model"),
+    "xgboost": ([("xgboost", "xgboost-cpu"), *_BASE], "xgboost"),
+    "lightgbm": ([("lightgbm", "lightgbm"), *_BASE], "lightgbm"),
+    "onnx": ([("onnxruntime", "onnxruntime"), ("onnx", "onnx"), *_BASE], "onnx"),
 }
+
+
+class Inspection(NamedTuple):
+    """What a model records about itself, for inferring its spec and checking it against one."""
+
+    features: list[str] | None
+    """Names of the inputs it was trained on, in order, where it records them."""
+    classes: list[Any] | None
+    """A classifier's classes, in the order of its probability columns, where it records them."""
+    task: Task | None
+    """What the model says it is, where it says."""
+    n_features: int | None = None
+    """How many inputs it takes, where it says."""
 
 PICKLE_REFUSAL = (
     "pickle files are never loaded on a server; convert it on your machine with `mlapi models add --from-pickle`"
@@ -128,4 +153,34 @@ def _skops(artifact: bytes) -> str | None:
     return None
 
 
-_SNIFFERS: dict[str, Callable[[bytes], str | None]] = {"sklearn": _skops}
+def _xgboost(artifact: bytes) -> str | None:
+    head = artifact[:1 << 16]
+    if head.lstrip()[:1] == b"{" and b"learner" in head:  # JSON, or UBJSON (whose object marker is `{` too)
+        return None
+    return "not an XGBoost model: save it with `booster.save_model('model.json')` (or `.ubj`)"
+
+
+def _lightgbm(artifact: bytes) -> str | None:
+    if artifact.startswith(b"tree\n") and b"version=" in artifact[:256]:
+        return None
+    return "not a LightGBM model: save the Booster as text with `booster.save_model('model.txt')`"
+
+
+def _onnx(artifact: bytes) -> str | None:
+    # A ModelProto starts with field 1 (ir_version, a varint: tag 0x08); the loader checks the rest.
+    if artifact[:1] == b"\x08" and len(artifact) > 16:
+        return None
+    return "not an ONNX model: export it to a `.onnx` file (e.g. with skl2onnx or onnxmltools)"
+
+
+_SNIFFERS: dict[str, Callable[[bytes], str | None]] = {
+    "sklearn": _skops,
+    "xgboost": _xgboost,
+    "lightgbm": _lightgbm,
+    "onnx": _onnx,
+}
+
+
+def guess_runtime(artifact: bytes) -> str | None:
+    """The runtime whose format the bytes have, or None; skops files are checked first."""
+    return next((name for name, sniff in _SNIFFERS.items() if artifact and sniff(artifact) is None), None)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import skops.io
-from sklearn.base import is_classifier, is_regressor
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
@@ -29,7 +29,7 @@ from skops.io.exceptions import UntrustedTypesFoundException
 
 from mlapi.contract import Output, Value
 from mlapi.models.spec import ModelSpec, Task
-from mlapi.runtimes import LoadError
+from mlapi.runtimes import Inspection, LoadError
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,6 @@ Encoder = Callable[[Sequence[dict[str, Value]], np.ndarray], None]
 _PREDICT_NOT_ARGMAX = (FixedThresholdClassifier, TunedThresholdClassifierCV, SVC, NuSVC)
 
 
-class Inspection(NamedTuple):
-    """What a fitted estimator records about itself."""
-
-    features: list[str] | None
-    """`feature_names_in_`: the column names it was fitted on, when it was fitted on a DataFrame."""
-    classes: list[Any] | None
-    """`classes_` of a classifier, in the order of its probability columns."""
-    task: Task | None
-    """What scikit-learn's tags say it is; None for an estimator that is neither."""
-
-
 def inspect(estimator: Any) -> Inspection:
     """Feature names, classes and task of a fitted estimator or pipeline, for the spec and its checks."""
     names = getattr(estimator, "feature_names_in_", None)
@@ -58,11 +47,28 @@ def inspect(estimator: Any) -> Inspection:
     task: Task | None = None
     with contextlib.suppress(AttributeError):  # not a scikit-learn estimator: it has no tags to ask
         task = "classification" if is_classifier(estimator) else "regression" if is_regressor(estimator) else None
+    width = getattr(estimator, "n_features_in_", None)
     return Inspection(
         features=None if names is None else [str(n) for n in names],
         classes=None if classes is None else np.asarray(classes).tolist(),
         task=task,
+        n_features=None if width is None else int(width),
     )
+
+
+def inspect_artifact(artifact: bytes, trusted: Sequence[str] = ()) -> Inspection:
+    """What a skops artifact records about itself, loaded with skops' own trusted types plus `trusted`.
+
+    Unlike the other runtimes' files, a skops file can only be read by loading it, and loading runs the code
+    of the types it names: the caller checks the file's untrusted types first and passes those the user
+    accepted. Raises `LoadError` as `load` does.
+    """
+    return inspect(_loads(artifact, trusted))
+
+
+def dump(model: object) -> bytes | None:
+    """A scikit-learn estimator or pipeline as a skops file; None for anything else."""
+    return skops.io.dumps(model) if isinstance(model, BaseEstimator) else None
 
 
 def _one_hot(columns: list[str], encoder: OneHotEncoder, start: int) -> tuple[Encoder, int]:
@@ -261,14 +267,17 @@ class SklearnModel:
 
 def load(artifact: bytes, spec: ModelSpec) -> SklearnModel:
     """Load a skops artifact with skops' own trusted types plus exactly the spec's; never pickle."""
+    return SklearnModel(spec, _loads(artifact, spec.trusted))
+
+
+def _loads(artifact: bytes, trusted: Sequence[str]) -> Any:
     try:
-        estimator = skops.io.loads(artifact, trusted=list(spec.trusted))
+        return skops.io.loads(artifact, trusted=list(trusted))
     except UntrustedTypesFoundException as e:
-        untrusted = sorted(set(skops.io.get_untrusted_types(data=artifact)) - set(spec.trusted))
+        untrusted = sorted(set(skops.io.get_untrusted_types(data=artifact)) - set(trusted))
         raise LoadError(
             f"the artifact holds types not trusted for this version: {', '.join(untrusted)}; check that you "
             "expect each, then add the version again with `--trust TYPE` for each"
         ) from e
     except Exception as e:  # a damaged or foreign file: the reason, not a traceback
         raise LoadError(f"not a loadable skops file: {type(e).__name__}: {e}") from e
-    return SklearnModel(spec, estimator)
