@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,14 @@ from mlapi.bench.load import Target, ensure_hey, run_hey
 from mlapi.bench.systems import mlapi_stack
 from mlapi.client import Client
 from mlapi.contract import Value
-from mlapi.models.spec import ModelSpec
+from mlapi.models.manage import prepare
 from mlapi.settings import PACKAGE_DIR
 
 TREES = 100
 CLIENTS = 64
 
 
-def models(x: pd.DataFrame, y: pd.Series) -> dict[str, tuple[str, Any]]:  # type: ignore[type-arg]
+def models(x: pd.DataFrame, y: pd.Series[str]) -> dict[str, tuple[str, Any]]:
     """name -> (runtime, a fitted model the client saves in that runtime's format)."""
     import lightgbm
     import xgboost
@@ -93,17 +94,16 @@ def main() -> None:
                                                              Path(work)) as stack:  # fmt: skip
         client = Client(stack.base_url)
         for name, (runtime, model) in trained.items():
-            info = client.add_model(name, model, data=sample, target="target", runtime=runtime)
-            spec = ModelSpec.model_validate(info.spec.model_dump())
-            artifact = runtimes.dump(model) if hasattr(runtimes, "dump") else None
-            loaded = runtimes.load(spec, artifact) if artifact else None
-            rows: list[dict[str, Value]] = [spec.validate_row(r) for r in x.head(64).to_dict("records")]
-            costs = {}
-            if loaded is not None:
-                with threadpool_limits(1):
-                    costs = {n: median_us(lambda n=n: loaded.predict(rows[:n]), args.repeats) for n in (1, 64)}
+            upload = prepare(name, model, data=sample, target="target", runtime=runtime)
+            info = client.upload(name, upload)
+            loaded = runtimes.load(info.spec, upload.artifact)  # as a worker loads it
+            rows: list[dict[str, Value]] = [info.spec.validate_row(r) for r in x.head(64).to_dict("records")]
+            with threadpool_limits(1):
+                costs = {n: median_us(partial(loaded.predict, rows[:n]), args.repeats) for n in (1, 64)}
+            fast = getattr(loaded, "fast", None)
+            assert fast is None or fast == (name == "sklearn-fast"), f"{name} took the wrong path"
             ready_until = time.monotonic() + 60
-            while client.versions(name)[-1].ready < 1 and time.monotonic() < ready_until:
+            while client.version(name, info.version).ready < 1 and time.monotonic() < ready_until:
                 time.sleep(0.2)  # a script, not a test: waiting for the workers to load the new version
             body = json.dumps(rows[0]).encode()
             target = Target(f"{stack.base_url}/models/{name}/predict", body)
@@ -116,7 +116,17 @@ def main() -> None:
     for name, runtime, costs, load in table:
         one, many = costs.get(1, float("nan")), costs.get(64, float("nan"))
         rps, p50, p99 = (load.rps, load.p50_ms, load.p99_ms) if load else (float("nan"),) * 3
-        print(f"| {name} | {runtime} | {one:,.0f} | {many:,.0f} | {many / 64:,.1f} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |")
+        cells = [
+            name,
+            runtime,
+            f"{one:,.0f}",
+            f"{many:,.0f}",
+            f"{many / 64:,.1f}",
+            f"{rps:,.0f}",
+            f"{p50:.1f}",
+            f"{p99:.1f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def _parse(response: httpx.Response, kind: type[T], what: str) -> T:
 
 
 def _records(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts: NumPy scalars as Python numbers, missing values (NaN) as null."""
+    """Rows as JSON-ready dicts: NumPy scalars as Python numbers, booleans as the flags 0 and 1, missing values
+    (NaN) as null."""
     if isinstance(rows, Mapping):
         listed: Sequence[Mapping[str, Any]] = [rows]
     elif hasattr(rows, "to_dict"):  # a DataFrame, without importing pandas
@@ -258,6 +259,8 @@ def _records(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.DataFram
 def _plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, str | bytes):  # a NumPy scalar
         value = value.item()
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -335,7 +335,9 @@ def test_a_broken_file_of_each_format_is_refused_with_its_reason_before_any_netw
     assert runtime is not None
     assert mlapi("models", "add", "broken", tmp_path / filename, "--api", api.url) == 1
     error = capsys.readouterr().err
-    assert error.startswith(f"mlapi models add: {filename}: ") and "Traceback" not in error
+    library = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "onnx": "ONNX"}[runtime]
+    assert error.startswith(f"mlapi models add: {filename}: not a loadable {library} model: "), error
+    assert "Traceback" not in error
     assert api.received == []
 
 
@@ -382,7 +384,7 @@ def test_in_memory_models_are_saved_in_their_runtime_s_format_with_their_classes
     assert runtimes.check_format("lightgbm", upload.artifact) is None
     regressor = xgb.XGBRegressor(n_estimators=5).fit(x, frame["children"])
     upload = prepare("kids", regressor, data=x)
-    assert (upload.filename, upload.spec.runtime, upload.spec.task) == ("kids.json", "xgboost", "regression")
+    assert (upload.filename, upload.spec.runtime, upload.spec.task) == ("kids.ubj", "xgboost", "regression")
     boosted = HistGradientBoostingClassifier(max_iter=5).fit(x, frame["churned"])
     upload = prepare("churn", boosted, data=frame.drop(columns="city"), target="churned")
     assert (upload.filename, upload.spec.runtime) == ("churn.skops", "sklearn")
@@ -412,7 +414,7 @@ def test_predict_sends_rows_as_json_instances_in_batches_and_returns_the_answers
     ]
     with Client() as client:
         answers = client.predict("house", frame, version=2)
-        single = client.predict("house", {"rooms": np.int64(3), "area": np.float32(50.0)})
+        single = client.predict("house", {"rooms": np.int64(3), "area": np.float32(50.0), "garden": np.bool_(True)})
     assert [a.prediction for a in answers] == list(range(300)) and single[0].prediction == 1.5
     first, second, third = api.received
     assert (first.method, first.path, third.path) == (
@@ -424,7 +426,7 @@ def test_predict_sends_rows_as_json_instances_in_batches_and_returns_the_answers
     sent = json.loads(first.body)["instances"]
     assert len(sent) == 256 and len(json.loads(second.body)["instances"]) == 44
     assert sent[:2] == [{"rooms": 0, "area": 20.0}, {"rooms": 1, "area": None}]  # a missing value is null
-    assert json.loads(third.body) == {"instances": [{"rooms": 3, "area": 50.0}]}
+    assert json.loads(third.body) == {"instances": [{"rooms": 3, "area": 50.0, "garden": 1}]}
 
 
 def test_history_follows_the_cursor_up_to_the_limit(api: StubApi) -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import skops.io
 import xgboost as xgb
-from skl2onnx import to_onnx  # type: ignore[import-untyped]
+from skl2onnx import to_onnx
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -261,8 +261,10 @@ def test_a_booster_s_class_count_must_match_the_target_s_distinct_values() -> No
     with pytest.raises(InferError, match=r"the model has 2 classes and records no labels, but the target 'species' "
                        r"holds 3 distinct values \(setosa, versicolor, virginica\)"):  # fmt: skip
         infer("lightgbm", artifact, frame, "species")
-    with pytest.raises(InferError, match="pass --data and --target"):
-        infer("lightgbm", artifact, frame.drop(columns="species"))
+    # Without a target or classes, the labels are the class numbers: what the Booster was trained on.
+    assert infer("lightgbm", artifact, frame.drop(columns="species")).labels == ["0", "1"]
+    target = frame.assign(virginica=(y == 2).astype(int)).drop(columns="species")
+    assert infer("lightgbm", artifact, target, "virginica").labels == ["0", "1"]
 
 
 def test_a_lightgbm_classifier_in_memory_gives_its_classes_and_the_metrics_are_the_library_s() -> None:
@@ -273,7 +275,7 @@ def test_a_lightgbm_classifier_in_memory_gives_its_classes_and_the_metrics_are_t
     spec = infer("lightgbm", artifact, frame.drop(columns="city"), "churned", classes=model.classes_)
     assert (spec.labels, [f.name for f in spec.features]) == (["no", "yes"], list(x.columns))
     y = (frame["churned"] == "yes").to_numpy(dtype=int)
-    assert spec.metrics == binary_metrics(y, model.predict_proba(x)[:, 1])
+    assert spec.metrics == binary_metrics(y, np.asarray(model.predict_proba(x))[:, 1])
     # The in-memory model's classes win over the target's values; a count that does not match is refused.
     assert infer("lightgbm", artifact, None, classes=["stays", "leaves"]).labels == ["stays", "leaves"]
     with pytest.raises(InferError, match=r"the model has 2 classes, but its `classes_` lists 3"):
@@ -286,7 +288,7 @@ def test_booster_regressors_metrics_are_the_library_s_own() -> None:
     lgb_model = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(x, label=y), 20)
     spec = infer("lightgbm", lgb_model.model_to_string().encode(), frame, "progress")
     assert (spec.task, spec.labels) == ("regression", [])
-    assert spec.metrics == regression_scores(y.to_numpy(), lgb_model.predict(x))
+    assert spec.metrics == regression_scores(y.to_numpy(), np.asarray(lgb_model.predict(x)))
     xgb_model = xgb.XGBRegressor(n_estimators=20, max_depth=3).fit(x, y)
     spec = infer("xgboost", bytes(xgb_model.get_booster().save_raw("ubj")), frame, "progress")
     assert [f.name for f in spec.features] == list(x.columns)  # recorded, as it was fitted on a frame

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ _FRAMEWORKS: dict[str, list[tuple[str, str]]] = {
     "lightgbm": [("lightgbm", "lightgbm")],
     "onnx": [("onnxruntime", "onnxruntime"), ("onnx", "onnx")],
 }
+
+_RECORDED_AS: dict[str, Callable[[str], str]] = {"lightgbm": lambda name: name.replace(" ", "_")}
+"""How a runtime's files record a column's name, where not as it is: the data's column is the feature's name."""
 
 
 class InferError(Exception):
@@ -76,10 +79,11 @@ def infer_spec(
 ) -> SpecBody:
     """The spec of an artifact of `runtime`, from what it records (`found`) and from a sample of data.
 
-    - features: the names the artifact records, else the columns of `data` without `target`, in order (as many
-      as the model takes, where it says). Kinds from the data: text is a category of its sorted values, an
-      integer column holding only 0 and 1 a flag, any other number a number whose observed [min, max] is its
-      `training_range` (integer columns are `integer`). Without data every feature is a number.
+    - features: the names the artifact records (as the data's columns name them, where LightGBM recorded a space
+      as `_`), else the columns of `data` without `target`, in order (as many as the model takes, where it
+      says). Kinds from the data: text is a category of its sorted values, an integer column holding only 0 and
+      1 a flag, any other number a number whose observed [min, max] is its `training_range` (integer columns are
+      `integer`). Without data every feature is a number.
     - example: the first complete row of the data, else zeros.
     - task: from the artifact, or `task` where the artifact does not say; a conflict is refused.
     - labels: the classes the artifact records where they are labels; where it knows only class numbers
@@ -96,7 +100,7 @@ def infer_spec(
     if target is not None and (data is None or target not in data.columns):
         raise InferError(f"the target column {target!r} is not in the data (--target needs --data holding it)")
     kind = _task(found, task)
-    names = _feature_names(found, data, target)
+    names = _feature_names(runtime, found, data, target)
     example = _example(data[names]) if data is not None else dict.fromkeys(names, 0.0)
     features = [_feature(n, None if data is None else data[n], example[n]) for n in names]
     labels = _labels(kind, found, classes, data, target)
@@ -139,12 +143,17 @@ def _task(found: Inspection, given: str | None) -> Task:
     raise InferError("cannot tell whether the model is a classifier or a regressor: pass --task")
 
 
-def _feature_names(found: Inspection, data: pd.DataFrame | None, target: str | None) -> list[str]:
+def _feature_names(runtime: str, found: Inspection, data: pd.DataFrame | None, target: str | None) -> list[str]:
     if found.features is not None:
-        missing = [] if data is None else [n for n in found.features if n not in data.columns]
+        if data is None:
+            return found.features
+        recorded_as = _RECORDED_AS.get(runtime, str)
+        columns = {recorded_as(c): c for c in data.columns if c != target}
+        names = [n if n in data.columns else columns.get(n, n) for n in found.features]
+        missing = [n for n in names if n not in data.columns]
         if missing:
             raise InferError(f"the data lacks columns the model takes: {missing}")
-        return found.features
+        return names
     if data is None:
         raise InferError(
             "the artifact does not record its feature names: pass --data with one column per feature, in the "

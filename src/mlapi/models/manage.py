@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mlapi.runtimes import Inspection
 
 PICKLE_WARNING = "warning: unpickling runs code from the file: only for files you made yourself"
-EXTENSIONS = {"sklearn": "skops", "xgboost": "json", "lightgbm": "txt", "onnx": "onnx"}
+EXTENSIONS = {"sklearn": "skops", "xgboost": "ubj", "lightgbm": "txt", "onnx": "onnx"}
 """File extension of each runtime's artifacts, for naming an in-memory model's upload."""
 DUMP_ORDER = ("xgboost", "lightgbm", "onnx", "sklearn")
 """Runtimes asked in turn to save an in-memory model: scikit-learn last, as XGBoost's and LightGBM's models are
@@ -179,7 +179,8 @@ def _dump(model: object, runtime: str | None, name: str) -> Artifact:
         if raw is not None:
             classes = getattr(model, "classes_", None)
             listed = None if classes is None else [c.item() if hasattr(c, "item") else c for c in classes]
-            return Artifact(raw, f"{name}.{EXTENSIONS[candidate]}", candidate, classes=listed, own=True)
+            extension = "json" if candidate == "xgboost" and raw.startswith(b'{"') else EXTENSIONS[candidate]
+            return Artifact(raw, f"{name}.{extension}", candidate, classes=listed, own=True)
     wanted = "an ONNX ModelProto, or a file" if runtime is None else f"a model of the {runtime} runtime"
     raise ClientError(
         f"cannot save a {kind}: pass a scikit-learn estimator or pipeline, an XGBoost or LightGBM model, {wanted}"

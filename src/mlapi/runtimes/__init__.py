@@ -50,6 +50,7 @@ class Inspection(NamedTuple):
     n_features: int | None = None
     """How many inputs it takes, where it says."""
 
+
 PICKLE_REFUSAL = (
     "pickle files are never loaded on a server; convert it on your machine with `mlapi models add --from-pickle`"
 )
@@ -154,7 +155,7 @@ def _skops(artifact: bytes) -> str | None:
 
 
 def _xgboost(artifact: bytes) -> str | None:
-    head = artifact[:1 << 16]
+    head = artifact[: 1 << 16]
     if head.lstrip()[:1] == b"{" and b"learner" in head:  # JSON, or UBJSON (whose object marker is `{` too)
         return None
     return "not an XGBoost model: save it with `booster.save_model('model.json')` (or `.ubj`)"

@@ -8,11 +8,19 @@ categories are the spec's values, which XGBoost (3.1 and later) maps onto the ca
 a model saved by an older XGBoost records none and takes the position in the spec's `values` as the category's
 code, so list them in the order pandas gave them in training (sorted, by default). Like XGBoost's
 scikit-learn API, a model that recorded a best iteration (early stopping) predicts with the trees up to it.
+
+XGBoost's native code kills the process on some damaged files (a UBJSON length pointing past the end, a tree
+whose child index is out of range), so a child process loads each file and predicts two rows before this one does.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,6 +34,25 @@ from mlapi.runtimes import Inspection, LoadError
 
 # Objectives whose answer is a class number rather than probabilities.
 _CLASS_ONLY = ("binary:hinge", "multi:softmax")
+_PROBE_SECONDS = 60
+_SOURCE = re.compile(r"^\[[\d:]+\] [^ ]+:\d+: ")  # `[04:15:34] /workspace/src/common/json.cc:409: `
+# The child blocks the optional libraries `import xgboost` would load (scikit-learn alone takes a second): reading a
+# model needs neither. Exit status 3 carries XGBoost's reason on stderr.
+_PROBE = """
+import sys
+sys.modules.update(sklearn=None, pandas=None)
+import numpy, xgboost
+try:
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(sys.stdin.buffer.read()))
+    booster.set_param({"nthread": 1})
+    rows = numpy.zeros((2, booster.num_features()), dtype=numpy.float32)
+    rows[1] = numpy.nan
+    booster.inplace_predict(rows)
+except Exception as e:
+    sys.stderr.write(str(e))
+    sys.exit(3)
+"""
 
 
 class _Objective(NamedTuple):
@@ -52,13 +79,42 @@ def _objective(booster: xgboost.Booster) -> _Objective:
     return _Objective(name, "regression", 0, outputs)
 
 
+def _reason(error: str) -> str:
+    """XGBoost's message without its time, source line and native stack trace."""
+    first = error.strip().split("\n", 1)[0]
+    return _SOURCE.sub("", first).rstrip(" :")
+
+
+def _probe(artifact: bytes) -> None:
+    """Load the file and predict in a child process, which XGBoost may kill rather than this one."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _PROBE],
+            input=artifact,
+            capture_output=True,
+            timeout=_PROBE_SECONDS,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise LoadError(f"not a loadable XGBoost model: XGBoost took over {_PROBE_SECONDS} s to read it") from e
+    if done.returncode == 0:
+        return
+    if done.returncode < 0:
+        reason = f"XGBoost crashed on it ({signal.Signals(-done.returncode).name}): the file is damaged"
+    else:
+        error = done.stderr.decode(errors="replace")
+        reason = _reason(error) if done.returncode == 3 else error.strip()[-500:] or f"exit status {done.returncode}"
+    raise LoadError(f"not a loadable XGBoost model: {reason}")
+
+
 def _booster(artifact: bytes) -> xgboost.Booster:
+    _probe(artifact)
     booster = xgboost.Booster()
     try:
         booster.load_model(bytearray(artifact))
     except Exception as e:  # a damaged or foreign file: the reason, without the native stack trace
-        reason = str(e).split("\nStack trace:", 1)[0].strip()
-        raise LoadError(f"not a loadable XGBoost model: {reason}") from e
+        raise LoadError(f"not a loadable XGBoost model: {_reason(str(e))}") from e
     return booster
 
 
@@ -70,8 +126,9 @@ def inspect_artifact(artifact: bytes) -> Inspection:
     """
     booster = _booster(artifact)
     found = _objective(booster)
+    names = booster.feature_names
     return Inspection(
-        features=booster.feature_names,
+        features=None if names is None else list(names),
         classes=list(range(found.classes)) if found.task == "classification" else None,
         task=found.task,
         n_features=booster.num_features(),
@@ -123,12 +180,14 @@ def _check(spec: ModelSpec, booster: xgboost.Booster, found: _Objective) -> None
             f"{spec.labels}"
         )
     names = [f.name for f in spec.features]
-    if booster.feature_names is not None and booster.feature_names != names:
-        raise LoadError(_feature_difference(booster.feature_names, names))
+    recorded = booster.feature_names
+    if recorded is not None and list(recorded) != names:
+        raise LoadError(_feature_difference(list(recorded), names))
     if booster.num_features() != len(names):
         raise LoadError(f"the model takes {booster.num_features()} features, the spec lists {len(names)}")
-    types = booster.feature_types or [None] * len(names)
-    numeric = [f.name for f, t in zip(spec.features, types, strict=True) if f.kind == "category" and t != "c"]
+    types = booster.feature_types
+    categorical = [t == "c" for t in types] if types is not None else [False] * len(names)
+    numeric = [f.name for f, c in zip(spec.features, categorical, strict=True) if f.kind == "category" and not c]
     if numeric:
         raise LoadError(
             f"the spec lists {numeric} as categories, but the model takes them as numbers: encode the categories "

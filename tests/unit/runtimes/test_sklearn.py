@@ -266,7 +266,9 @@ def test_a_damaged_artifact_or_an_unknown_runtime_is_refused(iris: SklearnModel)
     artifact = skops.io.dumps(iris.estimator)
     with pytest.raises(LoadError, match="not a skops file: a damaged zip"):
         runtimes.load(iris.spec, artifact[: len(artifact) // 2])
-    with pytest.raises(LoadError, match="unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"):
+    with pytest.raises(
+        LoadError, match="unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"
+    ):
         runtimes.load(iris.spec.model_copy(update={"runtime": "tensorflow"}), artifact)
 
 
@@ -284,12 +286,17 @@ def test_check_format_refuses_pickles_and_garbage(iris: SklearnModel, tmp_path: 
         z.writestr("readme.txt", "hello")
     assert check_format("sklearn", archive.getvalue()) == "not a skops file: a zip archive without schema.json"
     assert check_format("sklearn", b"") == "the artifact is empty"
-    assert check_format("tensorflow", b"x") == "unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"
+    assert (
+        check_format("tensorflow", b"x")
+        == "unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"
+    )
 
 
 def test_this_process_can_run_the_sklearn_runtime_and_names_unknown_ones() -> None:
     assert unavailable("sklearn") is None
-    assert unavailable("tensorflow") == "unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"
+    assert (
+        unavailable("tensorflow") == "unknown runtime 'tensorflow': known runtimes are lightgbm, onnx, sklearn, xgboost"
+    )
 
 
 def test_a_classifier_that_fails_on_its_example_row_is_refused() -> None:
