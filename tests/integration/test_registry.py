@@ -324,7 +324,7 @@ async def test_a_version_the_host_cannot_load_is_reported_not_served(
 
 async def test_the_host_load_checks_uploads_for_the_api(redis: Redis, registry: RegistryRepository) -> None:
     host = ModelHost(redis, registry, "validator", [])
-    assert host.runtimes == ["sklearn"]
+    assert "sklearn" in host.runtimes
     stop = asyncio.Event()
     checker = asyncio.create_task(host.validate_forever(redis, stop, 100))
     reply_to = queue.reply_stream("validation-test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -144,6 +145,33 @@ def test_a_failing_job_is_isolated_and_dead_lettered(diabetes: SklearnModel) -> 
     assert dead is batch[1] and "poisoned row" in error
     assert outcome.answers[1].error == error and outcome.answers[1].results[0].error == error
     assert len(outcome.acks) == 3
+
+
+class Overflowing:
+    """A real regressor whose answer overflows for a marked row, as a float32 model does on a huge input."""
+
+    def __init__(self, model: SklearnModel, huge: float) -> None:
+        self.model, self.spec, self.huge = model, model.spec, huge
+
+    def predict(self, rows: Sequence[dict[str, Value]]) -> list[Output]:
+        outputs = self.model.predict(rows)
+        return [
+            Output(prediction=o.prediction * math.inf) if r["petal length"] == self.huge else o
+            for r, o in zip(rows, outputs, strict=True)
+        ]
+
+
+def test_a_non_finite_answer_fails_its_job_only() -> None:
+    model = Overflowing(regressor(), huge=3.4e38)
+    key = (model.spec.name, model.spec.version)
+    planner = Planner({key: model}, max_deliveries=3)
+    good, huge = model.spec.example, {**model.spec.example, "petal length": 3.4e38}
+    outcome = planner.plan([delivery(key, [good], 0), delivery(key, [good, huge], 1)], datetime.now(UTC))
+    assert [r["status"] for r in outcome.rows] == ["done", "failed", "failed"]
+    [(dead, error)] = outcome.dead
+    assert dead.job is not None and dead.job.id == "job-1"
+    assert "non-finite number (NaN or infinity) for row 1" in error
+    assert outcome.answers[0].results[0].prediction == pytest.approx(model.model.predict([good])[0].prediction)
 
 
 def test_malformed_messages_are_dead_lettered_without_rows(diabetes: SklearnModel) -> None:

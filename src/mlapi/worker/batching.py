@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,16 @@ def _invalid_features(runtime: Runtime, job: Job) -> str | None:
     return None
 
 
+def _finite(outputs: list[Output]) -> list[Output]:
+    """The outputs, if every number in them is finite: NaN or infinity (float32 overflow in an ONNX or XGBoost
+    model fed a huge number, say) is no answer, and JSON and the history cannot hold it."""
+    for i, o in enumerate(outputs):
+        numbers = [o.prediction, o.probability, *(o.probabilities or {}).values()]
+        if not all(math.isfinite(n) for n in numbers if n is not None):
+            raise ValueError(f"the model answered a non-finite number (NaN or infinity) for row {i}: {o}")
+    return outputs
+
+
 def _storable(features: dict[str, Value]) -> dict[str, Value]:
     """Features as stored with a failed row; ones JSON cannot hold (NaN) stay only in the dead letter."""
     try:
@@ -142,7 +153,7 @@ class Planner:
         jobs = [d.job for d in batch if d.job is not None]
         started = time.perf_counter()
         try:
-            outputs = runtime.predict([row.features for job in jobs for row in job.rows])
+            outputs = _finite(runtime.predict([row.features for job in jobs for row in job.rows]))
         except Exception:
             for d in batch:
                 self._guarded_predict(outcome, runtime, d)
@@ -158,7 +169,7 @@ class Planner:
         assert d.job is not None
         started = time.perf_counter()
         try:
-            outputs = runtime.predict([row.features for row in d.job.rows])
+            outputs = _finite(runtime.predict([row.features for row in d.job.rows]))
         except Exception as e:  # the model is pure: the same input fails the same way, so retrying is futile
             self._fail(outcome, d, f"prediction failed: {type(e).__name__}: {e}", datetime.now(UTC))
             return
