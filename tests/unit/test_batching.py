@@ -156,7 +156,7 @@ class Overflowing:
     def predict(self, rows: Sequence[dict[str, Value]]) -> list[Output]:
         outputs = self.model.predict(rows)
         return [
-            Output(prediction=o.prediction * math.inf) if r["petal length"] == self.huge else o
+            Output(prediction=math.inf) if r["petal length"] == self.huge else o
             for r, o in zip(rows, outputs, strict=True)
         ]
 
