@@ -202,6 +202,18 @@ async def claim_stale(
     return _text(next_cursor), claimed
 
 
+async def renew(redis: Redis, consumer: str, deliveries: Sequence[Delivery]) -> None:
+    """Reset the idle time of entries this consumer holds, without counting a delivery (XCLAIM JUSTID), so
+    that no live worker reclaims them while this one waits for the database or the broker to come back."""
+    by_stream: dict[str, list[Any]] = {}
+    for d in deliveries:
+        by_stream.setdefault(request_stream(d.model, d.version), []).append(d.entry_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream, ids in by_stream.items():
+            pipe.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
+        await pipe.execute()
+
+
 async def finish(
     redis: Redis,
     acks: Sequence[Delivery],

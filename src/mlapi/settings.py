@@ -43,13 +43,20 @@ class WorkerSettings(BaseModel):
     visibility_timeout_ms: int = Field(30_000, ge=100)
     """A message held this long by a consumer without acknowledgement is reclaimed by another."""
     max_deliveries: int = Field(3, ge=1)
-    """Deliveries after which a message that keeps failing is dead-lettered."""
+    """Deliveries after which a message whose worker died or hung holding it is dead-lettered (broker and
+    database outages do not count)."""
+    predict_timeout_s: float = Field(30.0, gt=0)
+    """A predict that has not returned after this long ends the worker process (with a traceback of where it
+    hung), so that its supervisor replaces it; its batch is reclaimed by the other workers, one entry at a time."""
     trim_interval_s: float = Field(5.0, gt=0)
     """How often acknowledged entries are trimmed from the request stream."""
     liveness_ms: int = Field(5000, ge=100)
     """A worker without a heartbeat for this long is not counted live (by `/readyz` and the API's routing)."""
     consumer: str | None = None
     """Consumer name in the group; defaults to host name and pid."""
+    runtime_plugins: dict[str, str] = {}
+    """Extra runtimes, by name: an importable module with `load(artifact, spec) -> Runtime` (JSON, e.g.
+    `{"mine": "my_package.runtime"}`). Operator-installed code; the API takes uploads only for built-in runtimes."""
 
 
 class WebSettings(BaseModel):

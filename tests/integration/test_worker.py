@@ -53,7 +53,7 @@ async def worker(
     **settings: int,
 ) -> Worker:
     """A worker holding the given runtimes, as its host holds them once loaded from the registry."""
-    config = WorkerSettings(block_ms=50, visibility_timeout_ms=200, **settings)
+    config = WorkerSettings(**{"block_ms": 50, "visibility_timeout_ms": 200, **settings})
     host = ModelHost(redis, RegistryRepository(repository.engine), name, sorted({m for m, _ in models}))
     host.loaded.update(models)
     await queue.ensure_groups(redis, [queue.request_stream(*k) for k in models])

@@ -161,17 +161,35 @@ class Overflowing:
         ]
 
 
-def test_a_non_finite_answer_fails_its_job_only() -> None:
+def test_a_non_finite_answer_fails_its_row_only() -> None:
     model = Overflowing(regressor(), huge=3.4e38)
     key = (model.spec.name, model.spec.version)
     planner = Planner({key: model}, max_deliveries=3)
     good, huge = model.spec.example, {**model.spec.example, "petal length": 3.4e38}
     outcome = planner.plan([delivery(key, [good], 0), delivery(key, [good, huge], 1)], datetime.now(UTC))
-    assert [r["status"] for r in outcome.rows] == ["done", "failed", "failed"]
+    assert [r["status"] for r in outcome.rows] == ["done", "done", "failed"]
+    expected = model.model.predict([good])[0].prediction
+    assert outcome.rows[1]["value"] == pytest.approx(expected) and outcome.rows[2]["value"] is None
     [(dead, error)] = outcome.dead
     assert dead.job is not None and dead.job.id == "job-1"
-    assert "non-finite number (NaN or infinity) for row 1" in error
-    assert outcome.answers[0].results[0].prediction == pytest.approx(model.model.predict([good])[0].prediction)
+    assert error.startswith("row row-1-1: prediction failed") and "non-finite number (NaN or infinity)" in error
+    first, second = outcome.answers
+    assert first.error is None and first.results[0].prediction == pytest.approx(expected)
+    assert second.error == error and second.results[0].prediction == pytest.approx(expected)
+    assert second.results[1].error is not None and second.results[1].prediction is None
+    assert len(outcome.acks) == 2
+
+
+def test_a_job_whose_every_row_fails_fails_whole(diabetes: SklearnModel) -> None:
+    counting = Counting(diabetes, poison_bmi=12.5)
+    planner = Planner({KEY: counting}, max_deliveries=3)
+    bad = {**diabetes.spec.example, "bmi": 12.5}
+    outcome = planner.plan([delivery(KEY, [bad, bad], 0), delivery(KEY, [diabetes.spec.example], 1)], datetime.now(UTC))
+    assert counting.calls == [3, 1, 1, 1]
+    assert [r["status"] for r in outcome.rows] == ["failed", "failed", "done"]
+    [(dead, error)] = outcome.dead
+    assert dead.job is not None and dead.job.id == "job-0" and "poisoned row" in error
+    assert outcome.answers[0].error == error
 
 
 def test_malformed_messages_are_dead_lettered_without_rows(diabetes: SklearnModel) -> None:

@@ -54,7 +54,7 @@ def add_error_handlers(app: FastAPI) -> None:
         (Refused, 422), (Unavailable, 503),
     ):  # fmt: skip
         app.add_exception_handler(exc, handler(status))
-    app.add_exception_handler(PredictionFailed, handler(502, with_ids=True))
+    app.add_exception_handler(PredictionFailed, handler(422, with_ids=True))  # the model is pure: the input's fault
     app.add_exception_handler(BrokerUnavailable, handler(503, with_ids=True))
     app.add_exception_handler(PredictionTimeout, handler(504, with_ids=True))
 

@@ -35,8 +35,11 @@ RESPONSES: dict[str, Any] = {
     "400": {"description": "Malformed JSON", "content": _json(Error)},
     "404": {"description": "Unknown model or version", "content": _json(Error)},
     "413": {"description": "Body too large", "content": _json(Error)},
-    "422": {"description": "Invalid sample; `loc` names the field", "content": _json(Error)},
-    "502": {"description": "The model failed on this input; the history keeps it", "content": _json(ErrorWithIds)},
+    "422": {
+        "description": "Invalid sample (`loc` names the field), or one the model fails on (with `ids`; the history "
+        "keeps it)",
+        "content": _json(Error, ErrorWithIds),
+    },
     "503": {"description": "Broker unavailable, or no live worker holds the version", "content": _json(ErrorWithIds)},
     "504": {"description": "No answer in time; the id resolves later in the history", "content": _json(ErrorWithIds)},
 }

@@ -115,14 +115,23 @@ def unavailable(runtime: str) -> str | None:
         return _unknown(runtime)
     modules, extra = _REQUIRES[runtime]
     for module, distribution in modules:
-        if importlib.util.find_spec(module) is None:
+        if _find(module) is None:
+            if module == extra:  # a plugin
+                return f"runtime {runtime!r}: its module {module!r} is not importable here"
             return f"runtime {runtime!r} needs the {distribution} package: pip install 'mlapi[{extra}]'"
     return None
 
 
+def _find(module: str) -> object | None:
+    try:
+        return importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return None
+
+
 def check_format(runtime: str, artifact: bytes) -> str | None:
     """Why `artifact` is not a file `runtime` loads, or None; a cheap look at the bytes, no ML import."""
-    sniff = _SNIFFERS.get(runtime)
+    sniff = _SNIFFERS.get(runtime, _plugin if runtime in RUNTIMES else None)
     if sniff is None:
         return _unknown(runtime)
     if not artifact:
@@ -174,12 +183,26 @@ def _onnx(artifact: bytes) -> str | None:
     return "not an ONNX model: export it to a `.onnx` file (e.g. with skl2onnx or onnxmltools)"
 
 
+def _plugin(artifact: bytes) -> str | None:
+    return None  # a plugin's loader checks its own format
+
+
 _SNIFFERS: dict[str, Callable[[bytes], str | None]] = {
     "sklearn": _skops,
     "xgboost": _xgboost,
     "lightgbm": _lightgbm,
     "onnx": _onnx,
 }
+
+
+def register(name: str, module: str) -> None:
+    """Add a runtime from an operator-installed module with `load(artifact, spec) -> Runtime` (the setting
+    `MLAPI_WORKER__RUNTIME_PLUGINS`). Its artifacts reach workers only through the registry directly: the API
+    takes uploads for the built-in runtimes, whose formats it can check."""
+    if name in _SNIFFERS:
+        raise ValueError(f"runtime {name!r} is built in")
+    RUNTIMES[name] = module
+    _REQUIRES[name] = ([(module, module)], module)
 
 
 def guess_runtime(artifact: bytes) -> str | None:

@@ -35,8 +35,25 @@ _INSERT = sa.text(
 )
 
 
+_OUTAGE_SQLSTATES = ("08", "57P", "53")
+"""Connection exceptions, the server shutting down or starting, insufficient resources."""
+
+
+def database_unreachable(e: BaseException) -> bool:
+    """Whether a database error means the server is away for now (try again later), rather than a statement or
+    a row it refuses."""
+    if isinstance(e, OSError | sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
+        return True
+    if isinstance(e, sa.exc.DBAPIError):
+        state = str(getattr(e.orig, "sqlstate", None) or "")
+        return e.connection_invalidated or state.startswith(_OUTAGE_SQLSTATES)
+    return False
+
+
 def engine_for(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
+    """A pool whose connection attempts give up after 5 s (asyncpg's default is 60), so a database that hangs
+    is an error callers can handle, not a stall."""
+    return create_async_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args={"timeout": 5})
 
 
 class InvalidCursor(ValueError):

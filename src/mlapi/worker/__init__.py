@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -13,13 +14,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
-from mlapi import queue
+from mlapi import queue, runtimes
 from mlapi.settings import Settings, WorkerSettings
-from mlapi.storage.repository import PredictionRepository
-from mlapi.worker.batching import Planner
+from mlapi.storage.repository import PredictionRepository, database_unreachable
+from mlapi.worker.batching import Outcome, Planner
 from mlapi.worker.host import ModelHost
 
 log = logging.getLogger("mlapi.worker")
@@ -29,6 +32,13 @@ MAX_BACKOFF_S = 5.0
 
 def consumer_name(settings: WorkerSettings) -> str:
     return settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _outage(e: Exception) -> bool:
+    """Whether the broker or the database is away (hold the batch and retry), rather than refusing something."""
+    if isinstance(e, RedisError):
+        return isinstance(e, RedisConnectionError | RedisTimeoutError | ReadOnlyError)  # ConnectionError: LOADING too
+    return database_unreachable(e)
 
 
 class Worker:
@@ -46,10 +56,13 @@ class Worker:
         self._last_trim = time.monotonic()
         self._last_beat = 0.0
         self._backoff = 0.0
+        self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; the batch in hand is finished and acknowledged first."""
         log.info("worker %s serving %s", self.consumer, ", ".join(f"{m} v{v}" for m, v in self.host.serving))
+        self._stop = stop
+        watchdog = asyncio.create_task(self._watchdog(stop), name="predict-watchdog")
         while not stop.is_set():
             try:
                 if await self.step() == 0 and not self.host.loaded:
@@ -61,7 +74,19 @@ class Worker:
                 log.warning("%s: %s; retrying in %.1f s", type(e).__name__, e, self._backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._backoff)
+        await watchdog
         await self.leave()
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        """End this process when the event loop stays blocked for `predict_timeout_s`: only a predict that does
+        not return blocks it that long, and a native call cannot be interrupted. faulthandler's timer is a C
+        thread that needs no GIL; it prints every thread's traceback, then exits with code 1."""
+        timeout = self.settings.predict_timeout_s
+        while not stop.is_set():
+            faulthandler.dump_traceback_later(timeout, exit=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(1.0, timeout / 4))
+        faulthandler.cancel_dump_traceback_later()
 
     async def _wait_for_models(self, stop: asyncio.Event) -> None:
         """Nothing to serve yet: wait for the registry to give this worker a version, or for the stop."""
@@ -94,32 +119,75 @@ class Worker:
         return len(deliveries)
 
     async def _reclaim_due(self, keys: Sequence[queue.Key]) -> list[queue.Delivery]:
-        if time.monotonic() - self._last_claim < self.settings.visibility_timeout_ms / 2000:
+        """One entry held too long by a dead or hung consumer, to be predicted alone: only a message that kills
+        or hangs its worker then gains deliveries, not its batch-mates. Claims again at once while it finds
+        some; not while this worker cannot reach the database or the broker."""
+        if self._backoff or time.monotonic() - self._last_claim < self.settings.visibility_timeout_ms / 2000:
             return []
-        self._last_claim = time.monotonic()
-        claimed: list[queue.Delivery] = []
         for key in keys:
-            self._claim_cursor[key], found = await queue.claim_stale(
-                self.redis, self.consumer, key, self.settings.visibility_timeout_ms,
-                self.settings.batch_size, self._claim_cursor.get(key, "0-0"),
-            )  # fmt: skip
-            claimed += found
+            cursor = self._claim_cursor.get(key, "0-0")
+            while True:
+                cursor, found = await queue.claim_stale(
+                    self.redis, self.consumer, key, self.settings.visibility_timeout_ms, 1, cursor
+                )
+                if found or cursor == "0-0":
+                    break
+            self._claim_cursor[key] = cursor
+            if found:
+                log.warning("reclaimed %s v%d entry %s (delivery %d)", *key, found[0].entry_id, found[0].deliveries)
+                return found
+        self._last_claim = time.monotonic()
+        for key in keys:
             await queue.prune_consumers(self.redis, key, 100 * self.settings.visibility_timeout_ms)
-        if claimed:
-            log.warning("reclaimed %d entries held too long by other consumers", len(claimed))
-        return claimed
+        return []
 
     async def process(self, deliveries: Sequence[queue.Delivery]) -> None:
         """Predict, store, answer and acknowledge one batch; dead-letter what cannot succeed."""
         now = datetime.now(UTC)
         outcome = self.planner.plan(deliveries, now)
-        started = time.perf_counter()
-        await self.repository.add(outcome.rows)
-        store_ms = (time.perf_counter() - started) * 1000
-        replies = [(a.job.reply_to, a.reply(now, store_ms)) for a in outcome.answers]
-        await queue.finish(self.redis, outcome.acks, replies, outcome.dead)
+        await self._commit(outcome, deliveries, now)
         for delivery, error in outcome.dead:
             log.error("dead-lettered %s v%d entry %s: %s", delivery.model, delivery.version, delivery.entry_id, error)
+
+    async def _commit(self, outcome: Outcome, deliveries: Sequence[queue.Delivery], picked_up: datetime) -> None:
+        """Store the rows, then answer and acknowledge. While the database or the broker is away, keep the batch
+        and its outcome and retry (storing is idempotent), renewing the hold on its entries so that no other
+        worker reclaims them: an outage never counts as a delivery. On stop, the entries stay pending."""
+        backoff = 0.0
+        held = asyncio.Event()
+        renewing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    started = time.perf_counter()
+                    await self.repository.add(outcome.rows)
+                    store_ms = (time.perf_counter() - started) * 1000
+                    replies = [(a.job.reply_to, a.reply(picked_up, store_ms)) for a in outcome.answers]
+                    await queue.finish(self.redis, outcome.acks, replies, outcome.dead)
+                    return
+                except (RedisError, SQLAlchemyError, OSError) as e:
+                    if self._stop.is_set() or not _outage(e):
+                        raise
+                    renewing = renewing or asyncio.create_task(self._renew(deliveries, held))
+                    backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
+                    log.warning(
+                        "holding %d entries: %s: %s; retrying in %.1f s", len(deliveries), type(e).__name__, e, backoff
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), backoff)
+        finally:
+            held.set()
+            if renewing is not None:
+                await renewing
+
+    async def _renew(self, deliveries: Sequence[queue.Delivery], done: asyncio.Event) -> None:
+        """Renew the hold on `deliveries` three times per visibility timeout until `done`, whatever each attempt
+        takes (a connection attempt to a database that hangs can take seconds)."""
+        while not done.is_set():
+            with contextlib.suppress(RedisError, OSError):
+                await queue.renew(self.redis, self.consumer, deliveries)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.settings.visibility_timeout_ms / 3000)
 
     async def leave(self) -> None:
         """Stop counting as live; leave the groups where this consumer holds nothing."""
@@ -143,6 +211,8 @@ async def run_worker(settings: Settings) -> None:
     # One OpenMP thread per worker: processes are the unit of parallelism here, and a predict of a few rows
     # spread over every core waits at OpenMP barriers whenever another process holds a core.
     threadpool_limits(1)
+    for name, module in settings.worker.runtime_plugins.items():
+        runtimes.register(name, module)
     redis_url = settings.require_redis_url()
     redis = queue.connect(redis_url, read_timeout_s=settings.worker.block_ms / 1000 + 5)
     validations = queue.connect(redis_url, read_timeout_s=settings.worker.block_ms / 1000 + 5)

@@ -149,14 +149,14 @@ class Planner:
         return outcome
 
     def _predict(self, outcome: Outcome, runtime: Runtime, batch: list[queue.Delivery]) -> None:
-        """One vectorised predict for the whole batch; if it fails, each job alone, to find the bad one."""
+        """One vectorised predict for the whole batch; if it fails, row by row, so only the bad rows fail."""
         jobs = [d.job for d in batch if d.job is not None]
         started = time.perf_counter()
         try:
             outputs = _finite(runtime.predict([row.features for job in jobs for row in job.rows]))
         except Exception:
             for d in batch:
-                self._guarded_predict(outcome, runtime, d)
+                self._row_by_row(outcome, runtime, d)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
         offset = 0
@@ -165,16 +165,43 @@ class Planner:
             offset += len(job.rows)
             self._succeed(outcome, runtime, d, job, mine, elapsed_ms, len(outputs))
 
-    def _guarded_predict(self, outcome: Outcome, runtime: Runtime, d: queue.Delivery) -> None:
+    def _row_by_row(self, outcome: Outcome, runtime: Runtime, d: queue.Delivery) -> None:
+        """Each row of a job alone: the model is pure, so a row that fails alone is the bad one (retrying it is
+        futile); its batch-mates are answered. A job with a failed row is answered as failed and dead-lettered."""
         assert d.job is not None
         started = time.perf_counter()
-        try:
-            outputs = _finite(runtime.predict([row.features for row in d.job.rows]))
-        except Exception as e:  # the model is pure: the same input fails the same way, so retrying is futile
-            self._fail(outcome, d, f"prediction failed: {type(e).__name__}: {e}", datetime.now(UTC))
-            return
+        answers: list[Output | str] = []
+        for row in d.job.rows:
+            try:
+                [output] = _finite(runtime.predict([row.features]))
+                answers.append(output)
+            except Exception as e:
+                answers.append(f"prediction failed: {type(e).__name__}: {e}")
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._succeed(outcome, runtime, d, d.job, outputs, elapsed_ms, len(outputs))
+        errors = [(i, a) for i, a in enumerate(answers) if isinstance(a, str)]
+        if not errors:
+            outputs = [a for a in answers if isinstance(a, Output)]
+            self._succeed(outcome, runtime, d, d.job, outputs, elapsed_ms, len(outputs))
+        elif len(errors) == len(answers):
+            self._fail(outcome, d, errors[0][1], datetime.now(UTC))
+        else:
+            self._partly_fail(outcome, runtime, d, answers, elapsed_ms)
+
+    def _partly_fail(
+        self, outcome: Outcome, runtime: Runtime, d: queue.Delivery, answers: list[Output | str], predict_ms: float
+    ) -> None:
+        assert d.job is not None
+        spec, now = runtime.spec, datetime.now(UTC)
+        results = [
+            Result(id=row.id, error=a) if isinstance(a, str) else _result(row.id, a, spec.warnings(row.features))
+            for row, a in zip(d.job.rows, answers, strict=True)
+        ]
+        for row, result in zip(d.job.rows, results, strict=True):
+            outcome.rows.append(_history_row(d.job, spec.task, row.id, _storable(row.features), now, result))
+        error = "; ".join(f"row {r.id}: {r.error}" for r in results if r.error)
+        outcome.answers.append(Answer(d.job, results, error, predict_ms=predict_ms, batch_rows=1))
+        outcome.dead.append((d, error))
+        outcome.acks.append(d)
 
     def _succeed(
         self, outcome: Outcome, runtime: Runtime, d: queue.Delivery, job: Job,
