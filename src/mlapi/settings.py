@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,15 @@ class ApiSettings(BaseModel):
     """Origins allowed to call the API from a browser (the web UI's own origin)."""
     reply_block_ms: int = Field(1000, ge=100)
     """How long one read of the reply stream blocks before it is issued again; bounds shutdown time."""
+    max_backlog: int = Field(10_000, ge=0)
+    """Admission control: while a model version has more requests waiting (not yet delivered to a worker, or
+    delivered and not acknowledged), new ones for it get a 503 with Retry-After at once; 0 turns it off."""
+    durable_accept: Literal["off", "async", "all"] = "async"
+    """Answer a request only once the broker has its entry on disk (WAITAOF): `async` for `wait=false`
+    requests (a 202 then survives a broker crash), `all` for every request, `off` never. Needs Redis >= 7.2 or
+    Valkey with `appendonly yes`; the API refuses to start on a broker that cannot, unless `off`."""
+    durable_timeout_ms: int = Field(2000, ge=1, le=4000)
+    """How long an enqueue waits for the broker's fsync (durable_accept) before the request gets a 503."""
 
 
 class WorkerSettings(BaseModel):

@@ -13,12 +13,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mlapi import queue
 from mlapi.storage.registry import RegistryRepository, Snapshot
+from mlapi.supervise import Supervised
 
 log = logging.getLogger("mlapi.watch")
 
 BLOCK_MS = 1000
 """One blocking read of the event stream; bounds how long a shutdown waits for the watcher."""
 MAX_BACKOFF_S = 5.0
+TASK = "registry-watch"
 
 
 class RegistryWatch:
@@ -34,14 +36,14 @@ class RegistryWatch:
         repository: RegistryRepository,
         refresh_s: float,
         on_change: Callable[[Snapshot], Awaitable[None]],
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.repository = repository
         self.refresh_s = refresh_s
         self.on_change = on_change
         self.snapshot: Snapshot = {}
         self._redis = queue.connect(redis_url, read_timeout_s=BLOCK_MS / 1000 + 5)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._follower = Supervised(TASK, self._follow, on_restart)
         self._last_event = "0-0"
 
     async def start(self) -> None:
@@ -49,7 +51,7 @@ class RegistryWatch:
         with contextlib.suppress(RedisError):  # without the broker, the periodic re-read still works
             self._last_event = await queue.last_event_id(self._redis)
         await self.refresh()
-        self._task = asyncio.create_task(self._follow(), name="registry-watch")
+        self._follower.start()
 
     async def refresh(self) -> None:
         snapshot = await self.repository.snapshot()
@@ -59,18 +61,15 @@ class RegistryWatch:
 
     async def stop(self) -> None:
         """Let a blocking read finish rather than cancel it (redis-py under uvloop can hang on a cancelled read)."""
-        self._stopping = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), BLOCK_MS / 1000 + 5)
-            except TimeoutError:
-                self._task.cancel()
+        await self._follower.stop(BLOCK_MS / 1000 + 5)
         await self._redis.aclose()
 
-    async def _follow(self) -> None:
+    async def _follow(self, stopping: asyncio.Event) -> None:
+        """Outages are waited out here; any other error (a bug in a reaction) ends the run, and the supervisor
+        logs it and runs it again: the next change or refresh tries again."""
         last_read = time.monotonic()
         backoff = 0.0
-        while not self._stopping:
+        while not stopping.is_set():
             try:
                 self._last_event, events = await queue.wait_for_events(self._redis, self._last_event, BLOCK_MS)
                 if events or time.monotonic() - last_read >= self.refresh_s:
@@ -80,8 +79,5 @@ class RegistryWatch:
             except (RedisError, SQLAlchemyError, OSError) as e:
                 backoff = min(MAX_BACKOFF_S, max(0.2, backoff * 2))
                 log.warning("registry watch: %s: %s; retrying in %.1f s", type(e).__name__, e, backoff)
-                await asyncio.sleep(backoff)  # reconnect backoff; the event read itself blocks on the broker
-            except Exception:
-                # A bug in a reaction must not stop the watch: the next change or refresh tries again.
-                log.exception("registry watch: reacting to a change failed")
-                await asyncio.sleep(MAX_BACKOFF_S)
+                with contextlib.suppress(TimeoutError):  # reconnect backoff; the event read blocks on the broker
+                    await asyncio.wait_for(stopping.wait(), backoff)

@@ -4,31 +4,19 @@ trimming, liveness, registry events and artifact validation."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from mlapi import queue
-from mlapi.contract import Job, Reply, Row, Validation, decode_replies, decode_validation, encode
-from tests.conftest import entries
+from mlapi.contract import Reply, Validation, decode_replies, decode_validation, encode
+from tests.conftest import entries, job
 
 pytestmark = pytest.mark.integration
 MODEL = "diabetes-risk"
 KEY: queue.Key = (MODEL, 1)
 V2: queue.Key = (MODEL, 2)
-
-
-def job(n: int, key: queue.Key = KEY) -> Job:
-    return Job(
-        id=f"job-{n}",
-        model=key[0],
-        version=key[1],
-        rows=[Row(id=f"00000000-0000-0000-0000-{n:012d}", features={"x": n})],
-        reply_to=queue.reply_stream("test"),
-        created_at=datetime.now(UTC),
-    )
 
 
 async def pending(redis: Redis, key: queue.Key = KEY) -> list[dict[str, Any]]:

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from mlapi import queue
 from mlapi.api import openapi
 from mlapi.api.dataplane import DataPlane
-from mlapi.api.dispatcher import ReplyDispatcher
+from mlapi.api.dispatcher import READER, ReplyDispatcher
 from mlapi.api.errors import add_error_handlers
 from mlapi.api.limits import BodyLimit
 from mlapi.api.metrics import Metrics
 from mlapi.api.routes import history, meta, models, predict
+from mlapi.faults import Faults
 from mlapi.settings import Settings
 from mlapi.storage.registry import RegistryRepository
 from mlapi.storage.repository import PredictionRepository, engine_for
-from mlapi.watch import RegistryWatch
+from mlapi.watch import TASK, RegistryWatch
+
+log = logging.getLogger("mlapi.api")
+
+PROBE_TIMEOUT_S = 2.0
+"""Readiness's database check: connecting, then its query, each within this."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,21 +42,38 @@ def create_app(settings: Settings) -> FastAPI:
         redis = queue.connect(redis_url)
         engine = engine_for(database_url)
         registry = RegistryRepository(engine)
-        dispatcher = ReplyDispatcher(redis_url, settings.api.reply_block_ms)
-        dp = DataPlane(settings, redis, PredictionRepository(engine), registry, dispatcher, Metrics())
+        metrics = Metrics()
+        metrics.max_backlog.set(settings.api.max_backlog)
+        for task in (READER, TASK):
+            metrics.task_restarts.labels(task)  # every task's series exists from the start, at 0
+
+        def restarted(task: str) -> None:
+            metrics.task_restarts.labels(task).inc()
+
+        faults = Faults.from_environment()
+        dispatcher = ReplyDispatcher(redis_url, settings.api.reply_block_ms, faults, restarted)
+        # Readiness connects afresh each time, with the driver's own timeouts: no pooled connection a cancelled
+        # check or an outage left behind, and no queue behind a pool busy with history reads, decides it.
+        timeouts = {"timeout": PROBE_TIMEOUT_S, "command_timeout": PROBE_TIMEOUT_S}
+        probe = create_async_engine(database_url, poolclass=NullPool, connect_args=timeouts)
+        dp = DataPlane(settings, redis, PredictionRepository(engine), registry, dispatcher, metrics, probe)
         dp.listeners.append(lambda: openapi.reset(app))
-        watch = RegistryWatch(redis_url, registry, settings.registry_refresh_s, dp.apply)
+        watch = RegistryWatch(redis_url, registry, settings.registry_refresh_s, dp.apply, restarted)
         dp.refresh = watch.refresh
         app.state.dataplane = dp  # for the OpenAPI document, which has no request
-        dispatcher.start()
         try:
+            await _check_durability(redis, settings.api.durable_accept)
+            faults.install()
+            dispatcher.start()
             await watch.start()
             yield {"dataplane": dp}
         finally:
+            faults.uninstall()
             await watch.stop()
             await dispatcher.stop()
             await redis.aclose()
             await engine.dispose()
+            await probe.dispose()
 
     app = FastAPIOffline(  # Swagger UI and ReDoc served from the package, not a CDN: /docs works offline
         title="mlapi",
@@ -65,3 +93,21 @@ def create_app(settings: Settings) -> FastAPI:
         BodyLimit, max_bytes=settings.api.max_body_bytes, max_upload_bytes=settings.api.max_artifact_bytes
     )
     return app
+
+
+async def _check_durability(redis: Redis, durable_accept: str) -> None:
+    """Refuse to start with durable acceptance on a broker that cannot confirm writes to disk. An unreachable
+    broker is not refused: every durable enqueue then fails with the server's own reason until it can."""
+    if durable_accept == "off":
+        return
+    try:
+        problem = await queue.durability_problem(redis)
+    except RedisError as e:
+        log.warning("cannot check that the broker supports MLAPI_API__DURABLE_ACCEPT=%s now: %s", durable_accept, e)
+        return
+    if problem:
+        raise SystemExit(
+            f"MLAPI_API__DURABLE_ACCEPT={durable_accept} needs a broker that confirms writes to disk (WAITAOF: "
+            f"Redis >= 7.2 or Valkey, with appendonly yes), but {problem}. Fix the broker, or set "
+            "MLAPI_API__DURABLE_ACCEPT=off to accept requests without waiting for the disk."
+        )

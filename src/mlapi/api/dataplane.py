@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue, runtimes
 from mlapi.api.dispatcher import BrokerUnavailable, PredictionTimeout, ReplyDispatcher
@@ -35,7 +37,7 @@ __all__ = ["BrokerUnavailable", "Conflict", "NotFound", "PredictionTimeout"]
 log = logging.getLogger("mlapi.api")
 
 LIVE_TTL_S = 1.0
-"""How long this process trusts its count of each version's live workers before asking Redis again."""
+"""How long this process trusts its count of each version's live workers and backlog before asking Redis again."""
 
 
 class InvalidInput(Exception):
@@ -51,7 +53,16 @@ class Refused(Exception):
 
 
 class Unavailable(Exception):
-    """Nothing can serve this now (no live worker for the version or the runtime)."""
+    """Nothing can serve this now (no live worker for the version or the runtime); worth trying again after
+    `retry_after_s`."""
+
+    def __init__(self, reason: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """The version's backlog is over the admission limit (`max_backlog`)."""
 
 
 class PredictionFailed(Exception):
@@ -94,6 +105,7 @@ class DataPlane:
         registry: RegistryRepository,
         dispatcher: ReplyDispatcher,
         metrics: Metrics,
+        probe: AsyncEngine,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -101,12 +113,15 @@ class DataPlane:
         self.registry = registry
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.probe = probe
+        """An engine without a pool, for readiness: each check is a new connection, sharing no state."""
         self.snapshot: Snapshot = {}
         self.refresh: Callable[[], Awaitable[None]] | None = None
         """Re-reads the registry at once (the app's watch); set by the app."""
         self.listeners: list[Callable[[], None]] = []
         """Called after the registry changed (the app drops its cached OpenAPI document)."""
         self._live: dict[queue.Key, int] = {}
+        self._backlog: dict[queue.Key, int] = {}
         self._live_at = 0.0
         self._live_refresh: asyncio.Task[None] | None = None
 
@@ -143,9 +158,30 @@ class DataPlane:
         return self._live.get(key, 0)
 
     async def _refresh_live(self) -> None:
+        """Every version's live workers and backlog (lag plus pending), in one pipeline."""
         keys = [(m.name, v) for m in self.snapshot.values() for v in m.versions]
-        self._live = await queue.live_counts(self.redis, keys, self.settings.worker.liveness_ms)
+        stats = await queue.stats(self.redis, keys, self.settings.worker.liveness_ms)
+        self._live = {k: s["live_workers"] for k, s in stats.items()}
+        self._backlog = {k: s["lag"] + s["pending"] for k, s in stats.items()}
         self._live_at = time.monotonic()
+
+    async def admit(self, key: queue.Key) -> None:
+        """Refuse a request its version cannot serve now: no live worker, or a backlog over the limit."""
+        name, number = key
+        if not await self.live(key):
+            self.metrics.requests.labels(name, "unavailable").inc()
+            raise Unavailable(
+                f"no live worker holds {name!r} version {number}", self.settings.worker.liveness_ms / 1000
+            )
+        limit = self.settings.api.max_backlog
+        if limit and (backlog := self._backlog.get(key, 0)) > limit:
+            self.metrics.requests.labels(name, "overloaded").inc()
+            raise Overloaded(f"{backlog} requests are waiting for {name!r} version {number}, over the limit of {limit}")
+
+    async def check_database(self) -> None:
+        """Raise unless PostgreSQL answers a query on a new connection (within the probe engine's timeouts)."""
+        async with self.probe.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     # ---- inference ------------------------------------------------------------------------------------------
 
@@ -165,9 +201,7 @@ class DataPlane:
     async def infer(self, spec: ModelSpec, rows: list[dict[str, Value]], wait: bool) -> Inferred | Queued:
         """Queue validated rows for a version; with `wait`, answer them, else return their ids at once."""
         name = spec.name
-        if not await self.live((name, spec.version)):
-            self.metrics.requests.labels(name, "unavailable").inc()
-            raise Unavailable(f"no live worker holds {name!r} version {spec.version}")
+        await self.admit((name, spec.version))
         job = Job(
             id=uuid.uuid4().hex,
             model=name,
@@ -176,17 +210,24 @@ class DataPlane:
             reply_to=self.dispatcher.stream,
             created_at=datetime.now(UTC),
         )
+        durable = self.settings.api.durable_accept
         if not wait:
             try:
-                await queue.enqueue(self.redis, job, track=True)
-            except RedisError as e:
+                await queue.enqueue(self.redis, job, track=True, durable_ms=self._durable_ms(durable != "off"))
+            except queue.NotDurable as e:
                 self.metrics.requests.labels(name, "unavailable").inc()
-                raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
+                raise BrokerUnavailable(f"not accepted: {e}", [r.id for r in job.rows]) from e
+            except RedisError as e:  # the write may have reached the broker before the connection broke
+                self.metrics.requests.labels(name, "unavailable").inc()
+                ids = [r.id for r in job.rows]
+                raise BrokerUnavailable(f"broker unavailable, the request may not be queued: {e}", ids) from e
             self.metrics.requests.labels(name, "queued").inc()
             return Queued([r.id for r in job.rows])
         started = time.perf_counter()
         try:
-            reply = await self.dispatcher.submit(self.redis, job, self.settings.api.request_timeout_s)
+            reply = await self.dispatcher.submit(
+                self.redis, job, self.settings.api.request_timeout_s, self._durable_ms(durable == "all")
+            )
         except PredictionTimeout:
             self.metrics.requests.labels(name, "timeout").inc()
             with contextlib.suppress(RedisError):  # its ids are known to the client from now on
@@ -200,6 +241,9 @@ class DataPlane:
             raise PredictionFailed(reply)
         self.metrics.answered(name, time.perf_counter() - started, reply)
         return Inferred(spec, job.created_at, reply.results, reply.timings)
+
+    def _durable_ms(self, durable: bool) -> int | None:
+        return self.settings.api.durable_timeout_ms if durable else None
 
     # ---- registry operations ----------------------------------------------------------------------------
 

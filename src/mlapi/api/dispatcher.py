@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from redis.asyncio import Redis
@@ -13,10 +14,13 @@ from redis.exceptions import RedisError
 
 from mlapi import queue
 from mlapi.contract import Job, Reply, decode_replies
+from mlapi.faults import Faults
+from mlapi.supervise import Supervised
 
 log = logging.getLogger("mlapi.api")
 
 MAX_BACKOFF_S = 5.0
+READER = "reply-reader"
 
 
 class BrokerUnavailable(Exception):
@@ -36,26 +40,34 @@ class PredictionTimeout(Exception):
 class ReplyDispatcher:
     """Owns this process's reply stream and the futures of the jobs waiting on it."""
 
-    def __init__(self, redis_url: str, block_ms: int) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        block_ms: int,
+        faults: Faults | None = None,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
         self.stream = queue.reply_stream(uuid.uuid4().hex)
         self.block_ms = block_ms
+        self.faults = faults or Faults(enabled=False)
         self._redis = queue.connect(redis_url, read_timeout_s=block_ms / 1000 + 5)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._last_id = "0-0"
+        """The reader's position in the reply stream: kept across its restarts, so no reply is skipped."""
+        self._reader = Supervised(READER, self._read, on_restart)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._read(), name="reply-reader")
+        self._reader.start()
+
+    @property
+    def up(self) -> bool:
+        """Whether the reader runs (not waiting out the backoff after a failure)."""
+        return self._reader.up
 
     async def stop(self) -> None:
         """Let the reader finish its blocking read rather than cancel it: redis-py under uvloop can hang
         forever when a read in progress is cancelled."""
-        self._stopping = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.block_ms / 1000 + 2)
-            except TimeoutError:
-                self._task.cancel()
+        await self._reader.stop(self.block_ms / 1000 + 2)
         self._fail_all(BrokerUnavailable("the API is shutting down"))
         await self._redis.aclose()
 
@@ -63,10 +75,10 @@ class ReplyDispatcher:
     def in_flight(self) -> int:
         return len(self._waiting)
 
-    async def submit(self, redis: Redis, job: Job, timeout_s: float) -> Reply:
-        """Queue the job and wait for its answer."""
+    async def submit(self, redis: Redis, job: Job, timeout_s: float, durable_ms: int | None = None) -> Reply:
+        """Queue the job (on the broker's disk first, with `durable_ms`) and wait for its answer."""
         ids = [row.id for row in job.rows]
-        return await self.call(job.id, queue.enqueue(redis, job, track=False), timeout_s, ids)
+        return await self.call(job.id, queue.enqueue(redis, job, track=False, durable_ms=durable_ms), timeout_s, ids)
 
     async def call(self, reply_id: str, send: Awaitable[None], timeout_s: float, ids: list[str]) -> Reply:
         """Send a message (a job, a validation) and wait for the reply with its id; the future exists before
@@ -76,8 +88,10 @@ class ReplyDispatcher:
         try:
             try:
                 await send
-            except RedisError as e:
-                raise BrokerUnavailable(f"broker unavailable, cannot queue the request: {e}") from e
+            except queue.NotDurable as e:
+                raise BrokerUnavailable(f"not accepted: {e}", ids) from e
+            except RedisError as e:  # the message may have reached the broker before the connection broke
+                raise BrokerUnavailable(f"broker unavailable, the request may not be queued: {e}", ids) from e
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
@@ -86,6 +100,8 @@ class ReplyDispatcher:
                 raise BrokerUnavailable(str(e), ids) from None
         finally:
             self._waiting.pop(reply_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # a failure set while sending was raised another way: it is not "never retrieved"
 
     def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -93,22 +109,25 @@ class ReplyDispatcher:
             if not future.done():
                 future.set_exception(error)
 
-    async def _read(self) -> None:
-        last_id = "0-0"
+    async def _read(self, stopping: asyncio.Event) -> None:
+        """Resolve futures from the reply stream until stopping; an unexpected error ends it, and its
+        supervisor runs it again from the same position (futures waiting meanwhile keep waiting)."""
         backoff = 0.0
-        while not self._stopping:
+        while not stopping.is_set():
+            self.faults.check()
             try:
-                response = await self._redis.xread({self.stream: last_id}, count=1000, block=self.block_ms)
+                response = await self._redis.xread({self.stream: self._last_id}, count=1000, block=self.block_ms)
                 backoff = 0.0
             except RedisError as e:
                 log.warning("reply stream unreadable: %s", e)
                 self._fail_all(BrokerUnavailable(f"lost the broker while waiting: {e}"))
                 backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
-                await asyncio.sleep(backoff)  # reconnect backoff, not a poll: a read blocks on the broker
+                with contextlib.suppress(TimeoutError):  # reconnect backoff, not a poll: reads block on the broker
+                    await asyncio.wait_for(stopping.wait(), backoff)
                 continue
             for _stream, entries in queue.stream_items(response):
                 for entry_id, fields in entries:
-                    last_id = entry_id.decode()
+                    self._last_id = entry_id.decode()  # before resolving: a reply that breaks the reader is skipped
                     self._resolve(fields)
 
     def _resolve(self, fields: dict[bytes, bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,8 +31,17 @@ from mlapi.storage.repository import InvalidCursor
 log = logging.getLogger("mlapi.api")
 
 
+RETRY_AFTER_S = 1.0
+"""How long a 503 tells the client to wait before trying again, where its error does not say."""
+
+
 class MalformedBody(Exception):
     pass
+
+
+def retry_after(exc: Exception) -> dict[str, str]:
+    """The Retry-After header every 503 carries, in whole seconds."""
+    return {"Retry-After": str(max(1, math.ceil(getattr(exc, "retry_after_s", RETRY_AFTER_S))))}
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -45,7 +55,7 @@ def add_error_handlers(app: FastAPI) -> None:
             ids = getattr(exc, "ids", None)
             if with_ids and ids:
                 body.update({"id": ids[0]} if len(ids) == 1 else {"ids": ids})
-            return json_response(body, status)
+            return json_response(body, status, retry_after(exc) if status == 503 else None)
 
         return handle
 
@@ -59,11 +69,11 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PredictionTimeout, handler(504, with_ids=True))
 
     async def broker_down(request: Request, exc: Exception) -> Response:
-        return json_response({"detail": f"broker unavailable: {exc}"}, 503)
+        return json_response({"detail": f"broker unavailable: {exc}"}, 503, retry_after(exc))
 
     async def database_down(request: Request, exc: Exception) -> Response:
         log.warning("database error: %s", exc)
-        return json_response({"detail": "database unavailable"}, 503)
+        return json_response({"detail": "database unavailable"}, 503, retry_after(exc))
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -21,7 +21,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "mlapi_predict_requests", "Predict requests by model and outcome "
-            "(ok, queued, invalid, failed, timeout, unavailable)", ["model", "outcome"], registry=self.registry,
+            "(ok, queued, invalid, failed, timeout, unavailable, overloaded)", ["model", "outcome"],
+            registry=self.registry,
         )  # fmt: skip
         self.latency = Histogram(
             "mlapi_predict_seconds", "Time from a predict request's arrival to its answer, for answered ones",
@@ -36,6 +37,13 @@ class Metrics:
             buckets=ROW_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.in_flight = Gauge("mlapi_in_flight", "Requests waiting for their answer", registry=self.registry)
+        self.max_backlog = Gauge(
+            "mlapi_max_backlog", "Admission limit: requests waiting per model version above which new ones get "
+            "503 (0: no limit)", registry=self.registry,
+        )  # fmt: skip
+        self.task_restarts = Counter(
+            "mlapi_task_restarts", "Restarts of a background task after it failed", ["task"], registry=self.registry
+        )
         self._queue = {
             name: Gauge(f"mlapi_queue_{name}", text, ["model", "version"], registry=self.registry)
             for name, text in queue.STATS.items()

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mlapi import queue, runtimes
 from mlapi.settings import Settings, WorkerSettings
 from mlapi.storage.repository import PredictionRepository, database_unreachable
+from mlapi.supervise import Supervised
 from mlapi.worker.batching import Outcome, Planner
 from mlapi.worker.host import ModelHost
 
@@ -182,10 +183,12 @@ class Worker:
 
     async def _renew(self, deliveries: Sequence[queue.Delivery], done: asyncio.Event) -> None:
         """Renew the hold on `deliveries` three times per visibility timeout until `done`, whatever each attempt
-        takes (a connection attempt to a database that hangs can take seconds)."""
+        takes (a connection attempt to a database that hangs can take seconds). It also beats for this worker,
+        which is alive and will answer: the API keeps accepting its requests instead of refusing them with 503s."""
         while not done.is_set():
             with contextlib.suppress(RedisError, OSError):
                 await queue.renew(self.redis, self.consumer, deliveries)
+                await queue.heartbeat(self.redis, self.consumer, self.host.serving, self.host.runtimes)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), self.settings.visibility_timeout_ms / 3000)
 
@@ -224,12 +227,14 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    block_ms = settings.worker.block_ms
+    validator = Supervised("validator", lambda stopping: host.validate_forever(validations, stopping, block_ms))
     try:
         await watch.start()
-        validator = asyncio.create_task(host.validate_forever(validations, stop, settings.worker.block_ms))
+        validator.start()
         await Worker(settings.worker, redis, PredictionRepository(engine), host).run(stop)
-        await validator
     finally:
+        await validator.stop(block_ms / 1000 + 2)
         await watch.stop()
         await validations.aclose()
         await redis.aclose()

@@ -32,12 +32,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
+CHECK_TIMEOUT_S = 2.5
+"""Each readiness check's deadline; the checks run together, within a probe's usual 3 s timeout."""
+
+
 async def _readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]]]:
-    """Reasons the service is not ready, and each model version's live workers."""
+    """Reasons the service is not ready, and each model version's live workers.
+
+    Nothing is remembered between calls: every answer is a fresh look, so readiness returns as soon as
+    what it checks is back.
+    """
     workers: dict[str, dict[str, int]] = {}
 
     async def redis_check() -> str | None:
-        await dp.redis.ping()
+        await dp.redis.ping()  # also when the registry is empty and nothing else is asked
         keys = [(m.name, v) for m in dp.snapshot.values() for v in m.versions]
         for (name, number), live in (await queue.live_counts(dp.redis, keys, dp.settings.worker.liveness_ms)).items():
             workers.setdefault(name, {})[str(number)] = live
@@ -48,23 +56,29 @@ async def _readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]
         return None if workers[default][str(model.default_version)] else f"no live worker for {default}"
 
     async def database_check() -> str | None:
-        await dp.predictions.ping()
+        await dp.check_database()
         return None
 
+    async def reader_check() -> str | None:
+        return None if dp.dispatcher.up else "the reply reader is down (restarting)"
+
+    checks = {"redis": redis_check(), "database": database_check(), "reply reader": reader_check()}
+    outcomes = await asyncio.gather(
+        *(asyncio.wait_for(check, CHECK_TIMEOUT_S) for check in checks.values()), return_exceptions=True
+    )
     reasons = []
-    for what, check in (("redis", redis_check), ("database", database_check)):
-        try:
-            if reason := await asyncio.wait_for(check(), 2.0):
-                reasons.append(reason)
-        except Exception as e:
-            reasons.append(f"{what} unreachable: {type(e).__name__}: {e}")
+    for what, outcome in zip(checks, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            reasons.append(f"{what} unreachable: {type(outcome).__name__}: {outcome}")
+        elif outcome:
+            reasons.append(outcome)
     return reasons, workers
 
 
 @router.get("/readyz", responses={503: {"description": "Not ready, with the reasons"}})
 async def readyz(dp: DataPlaneDep) -> Response:
-    """Ready: Redis and PostgreSQL reachable and a live worker for the default model; lists every version's
-    live workers."""
+    """Ready: Redis and PostgreSQL reachable, the reply reader running and a live worker for the default model;
+    lists every version's live workers either way."""
     reasons, workers = await _readiness(dp)
     if reasons:
         return json_response({"status": "unavailable", "reasons": reasons, "workers": workers}, 503)
