@@ -166,6 +166,14 @@ class Stack:
         self.api = self.spawn("api", "api", "--port", str(self.api_port), env=env)
         wait_until(lambda: _get(f"{self.url}/healthz") == 200, 30, "the API to start")
 
+    def start_another_api(self, **env: str) -> str:
+        """One more API process on the same servers (as behind a load balancer); returns its URL."""
+        port = free_port()
+        self.spawn("api", "api", "--port", str(port), env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _get(f"{url}/healthz") == 200, 30, "another API to start")
+        return url
+
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         worker = self.spawn("worker", "worker", *args)
         self.workers.append(worker)
@@ -213,6 +221,7 @@ def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLAPI_REDIS_URL=settings.require_redis_url(),
         MLAPI_DATABASE_URL=settings.database_url or "",
         MLAPI_LOG_LEVEL="INFO",
+        MLAPI_API__AUTH="off",  # the tests of access control turn it on
     )
     env.update(extra)
     return env

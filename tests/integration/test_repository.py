@@ -36,6 +36,7 @@ def row(n: int, created_at: datetime | None = None, model: str = "diabetes-risk"
         "error": None,
         "created_at": created_at or T0 + timedelta(seconds=n),
         "completed_at": T0,
+        "key": None,
         **change,
     }
 
