@@ -197,6 +197,20 @@ class Stack:
                 p.wait()
 
 
+def keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mlapi keys ...` as an operator runs it, on the stack's database and broker."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlapi", "keys", *args], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+
+
+def create_key(stack: Stack, name: str, *options: str) -> str:
+    """A new API key made with `mlapi keys create`."""
+    done = keys(stack, "create", name, *options)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]  # the key, alone on the last line
+
+
 def _get(url: str) -> int | None:
     try:
         return httpx.get(url, timeout=2).status_code

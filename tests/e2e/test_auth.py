@@ -11,7 +11,6 @@ import base64
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,24 +21,11 @@ import httpx
 import pytest
 
 from mlapi.models.spec import read_bundled
-from tests.conftest import REGISTRY, Stack, StackFactory, wait_until
+from tests.conftest import REGISTRY, Stack, StackFactory, create_key, keys, wait_until
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = read_bundled(REGISTRY)["diabetes-risk"][0].example
 IRIS = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
-
-
-def keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """`mlapi keys ...` as an operator runs it, on the stack's database and broker."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlapi", "keys", *args], env=stack.env, capture_output=True, text=True, timeout=60
-    )
-
-
-def create(stack: Stack, name: str, *options: str) -> str:
-    done = keys(stack, "create", name, *options)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]  # the key, alone on the last line
 
 
 @dataclass
@@ -61,7 +47,7 @@ def auth(stack_factory: StackFactory) -> Auth:
     # Heartbeats count for a minute, so a worker stopped with SIGSTOP still looks live: that is how a 504 is made.
     env = {"MLAPI_API__AUTH": "required", "MLAPI_API__REQUEST_TIMEOUT_S": "2", "MLAPI_WORKER__LIVENESS_MS": "60000"}
     stack = stack_factory(**env)
-    admin, alice, bob = create(stack, "admin", "--admin"), create(stack, "alice"), create(stack, "bob")
+    admin, alice, bob = create_key(stack, "admin", "--admin"), create_key(stack, "alice"), create_key(stack, "bob")
     stack.start_api()
     urls = [stack.url, stack.start_another_api()]
     stack.start_worker()
@@ -136,7 +122,7 @@ def test_two_keys_never_see_each_others_predictions(auth: Auth) -> None:
 
 
 def test_a_model_restricted_key_gets_403_for_other_models_and_only_admins_manage(auth: Auth) -> None:
-    restricted = create(auth.stack, "iris-only", "--models", "iris")
+    restricted = create_key(auth.stack, "iris-only", "--models", "iris")
     with auth.client(restricted) as client:
         assert client.post("/models/iris/predict", json=IRIS).status_code == 200
         for path, body in [("/predict", EXAMPLE), ("/models/diabetes-risk/predict", EXAMPLE),
@@ -156,7 +142,7 @@ def test_a_model_restricted_key_gets_403_for_other_models_and_only_admins_manage
 
 
 def test_a_revoked_key_is_refused_within_a_second_by_every_api_process(auth: Auth) -> None:
-    key = create(auth.stack, "short-lived")
+    key = create_key(auth.stack, "short-lived")
     clients = [auth.client(key, api) for api in (0, 1)]
     try:
         for client in clients:  # each process has looked the key up and holds it in its cache
@@ -182,7 +168,7 @@ def test_the_keys_cli_refuses_what_it_cannot_do(auth: Auth) -> None:
 
 
 def test_a_rate_limit_holds_under_concurrency_across_two_api_processes(auth: Auth) -> None:
-    key = create(auth.stack, "limited", "--rate", "10/m")
+    key = create_key(auth.stack, "limited", "--rate", "10/m")
     clients = [auth.client(key, api) for api in (0, 1)]
     try:
         with ThreadPoolExecutor(16) as pool:
@@ -202,7 +188,7 @@ def test_a_rate_limit_holds_under_concurrency_across_two_api_processes(auth: Aut
 
 
 def test_concurrent_duplicates_with_one_idempotency_key_make_one_prediction(auth: Auth) -> None:
-    key = create(auth.stack, "retrier")
+    key = create_key(auth.stack, "retrier")
     headers = {"Idempotency-Key": "order-1"}
     clients = [auth.client(key, api, headers) for api in (0, 1)]
     try:
