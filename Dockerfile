@@ -19,7 +19,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # the order `make test` runs them, e2e before integration before unit). Not here: tests/e2e/test_up.py
 # (`mlapi up`, the no-container path), tests/e2e/web (needs a browser), tests/bench and tests/deploy (no
 # service's); `make test` runs every test, and scripts/containers/check.sh names the ones no target runs.
-ARG API_TESTS="tests/unit/test_api* tests/unit/test_contract* tests/unit/test_spec* tests/unit/test_schemas* tests/unit/test_settings* tests/unit/api tests/integration/test_api* tests/integration/test_queue* tests/integration/test_registry* tests/integration/test_repository* tests/integration/test_storage* tests/integration/api tests/e2e/test_api* tests/e2e/test_outages* tests/e2e/test_registry*"
+ARG API_TESTS="tests/unit/test_api* tests/unit/test_supervise* tests/integration/test_supervise* tests/integration/test_durable* tests/integration/test_dataplane* tests/unit/test_contract* tests/unit/test_spec* tests/unit/test_schemas* tests/unit/test_settings* tests/unit/api tests/integration/test_api* tests/integration/test_queue* tests/integration/test_registry* tests/integration/test_repository* tests/integration/test_storage* tests/integration/api tests/e2e/test_api* tests/e2e/test_outages* tests/e2e/test_registry*"
 ARG MODEL_TESTS="tests/unit/test_models* tests/unit/test_batching* tests/unit/test_worker* tests/unit/test_train* tests/unit/test_infer* tests/unit/models tests/unit/runtimes tests/unit/worker tests/integration/test_worker* tests/integration/test_models* tests/e2e/test_worker* tests/e2e/test_lifecycle*"
 ARG WEB_TESTS="tests/unit/web tests/unit/test_web* tests/integration/web tests/integration/test_web*"
 ARG PYTEST_ARGS="-q -p no:cacheprovider"

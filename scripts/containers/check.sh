@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The container check CI runs (`make containers`): builds every image of the Dockerfile with podman, runs
 # each service's test target, brings compose.yaml up, sends a prediction through the API, reads it back
-# from /predictions, adds a user's own classifier and regressor (trained here, uploaded with the host's
-# `mlapi models add`) to the running stack and predicts with them, loads the web UI, scales the model workers
+# from /predictions, adds a user's own models (a scikit-learn classifier and regressor, and an XGBoost, a
+# LightGBM and an ONNX model; trained here, uploaded with the host's `mlapi models add`) to the running stack
+# and predicts with them, loads the web UI, scales the model workers
 # to 3 and back to 1, and tears it all down. Needs the host's .venv (`make venv`) for the own-model step.
 # Exits non-zero on any failure; every step has a time limit and the whole run has one too.
 #
@@ -38,8 +39,7 @@ REDIS_STANDIN=localhost/mlapi-standin/valkey:8-bookworm
 POSTGRES_STANDIN=localhost/mlapi-standin/postgres:15-bookworm
 MODEL=diabetes-risk
 # The user's own models, added at run time: names no bundled model has.
-OWN_CLASSIFIER=check-cancer
-OWN_REGRESSOR=check-progression
+OWN_PREFIX=check  # the own models: check-<runtime>-<classifier|regressor>
 HOST_PYTHON="$ROOT/.venv/bin/python"
 HOST_MLAPI="$ROOT/.venv/bin/mlapi"
 SAMPLE='{"gender":"Male","age":0,"hypertension":0,"heart_disease":0,"smoking_history":"current","bmi":0,"HbA1c_level":0,"blood_glucose_level":0}'
@@ -367,38 +367,67 @@ live_consumers() {
 
 # ---- the user's own models --------------------------------------------------------------------------------
 
-# What a user does: train on their machine (the host), save with skops, `mlapi models add` against the running
-# API. Writes $WORK/own/NAME.{skops,csv,json}: the artifact, its data (features and `target`), and the first
-# row's features with the host model's own answer for them, which the served model must repeat.
+# What a user does: train on their machine (the host), save in the library's own format, `mlapi models add`
+# against the running API: a classifier and a regressor with scikit-learn (skops), and one model of each other
+# runtime. Writes $WORK/own/NAME.{ARTIFACT,csv,json} and prints one line per model, `NAME TASK FILE`: the
+# artifact, its data (features and `target`), and the first row's features with the host model's own answer
+# for them, which the served model must repeat.
 train_own_models() {
     mkdir -p "$WORK/own"
-    timeout 120 "$HOST_PYTHON" - "$WORK/own" "$OWN_CLASSIFIER" "$OWN_REGRESSOR" <<'PY'
+    timeout 300 "$HOST_PYTHON" - "$WORK/own" "$OWN_PREFIX" <<'PY'
 import json, sys
 from pathlib import Path
 
+import lightgbm as lgb
+import numpy as np
 import skops.io as sio
+import xgboost as xgb
+from skl2onnx import to_onnx
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-out, classifier, regressor = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-cancer = load_breast_cancer(as_frame=True)
-cancer.frame["target"] = cancer.target_names[cancer.target]  # string labels; feature names hold spaces
-for name, frame, model in [
-    (classifier, cancer.frame, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-    (regressor, load_diabetes(as_frame=True).frame, LinearRegression()),
-]:
-    features = frame.drop(columns="target")
-    model.fit(features, frame["target"])
-    sio.dump(model, out / f"{name}.skops")
+out, prefix = Path(sys.argv[1]), sys.argv[2]
+cancer = load_breast_cancer(as_frame=True).frame
+classes = sorted(load_breast_cancer().target_names)
+cancer["target"] = np.array(load_breast_cancer().target_names)[cancer["target"]]  # string labels; names with spaces
+diabetes = load_diabetes(as_frame=True).frame
+for runtime, task, frame in [
+    ("sklearn", "classification", cancer), ("sklearn", "regression", diabetes),
+    ("xgboost", "classification", cancer), ("lightgbm", "regression", diabetes), ("onnx", "classification", cancer),
+]:  # fmt: skip
+    name = f"{prefix}-{runtime}-{'classifier' if task == 'classification' else 'regressor'}"
+    x, y = frame.drop(columns="target"), frame["target"]
+    y_fit = y.map(classes.index) if runtime == "xgboost" else y  # a Booster learns class indices
+    if runtime == "sklearn":
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)) if task == "classification" else LinearRegression()
+    elif runtime == "xgboost":
+        model = xgb.XGBClassifier(n_estimators=20, max_depth=3)
+    elif runtime == "lightgbm":
+        model = lgb.LGBMRegressor(n_estimators=20, verbose=-1)
+    else:
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(x, y_fit)
+    expected = model.predict(x.iloc[:1])[0]
+    if runtime == "sklearn":
+        artifact = out / f"{name}.skops"
+        sio.dump(model, artifact)
+    elif runtime == "xgboost":
+        artifact, expected = out / f"{name}.ubj", classes[int(expected)]  # UBJSON; NAME.json is the sample
+        model.get_booster().save_model(artifact)
+    elif runtime == "lightgbm":
+        artifact = out / f"{name}.txt"
+        model.booster_.save_model(artifact)
+    else:
+        artifact = out / f"{name}.onnx"
+        artifact.write_bytes(to_onnx(model, x.to_numpy(np.float32)[:1]).SerializeToString())
     frame.to_csv(out / f"{name}.csv", index=False)
-    row = features.iloc[:1]
-    expected = model.predict(row)[0]
-    sample = {k: float(v) for k, v in row.iloc[0].items()}
-    answer = {"label": str(expected)} if isinstance(expected, str) else {"value": float(expected)}
+    sample = {k: float(v) for k, v in x.iloc[0].items()}
+    answer = {"label": str(expected)} if task == "classification" else {"value": float(expected)}
     (out / f"{name}.json").write_text(json.dumps({"sample": sample, **answer}))
-    print(f"{name}: {type(model).__name__} on {len(frame)} rows, {features.shape[1]} features", file=sys.stderr)
+    print(name, task, artifact.name)
+    print(f"{name}: {type(model).__name__} on {len(frame)} rows, {x.shape[1]} features", file=sys.stderr)
 PY
 }
 
@@ -442,10 +471,10 @@ wait_loaded() {
     fail "$name v1: no worker ready within $2 s: $body"
 }
 
-# add_own_model NAME TASK: upload, wait until served, predict, find the prediction in the history.
+# add_own_model NAME TASK FILE: upload, wait until served, predict, find the prediction in the history.
 add_own_model() {
-    local name="$1" task="$2" out answer id found
-    out="$(timeout 120 "$HOST_MLAPI" models add "$name" "$WORK/own/$name.skops" --data "$WORK/own/$name.csv" \
+    local name="$1" task="$2" file="$3" out answer id found
+    out="$(timeout 120 "$HOST_MLAPI" models add "$name" "$WORK/own/$file" --data "$WORK/own/$name.csv" \
         --target target --api "http://127.0.0.1:$API_PORT" 2>&1)" || fail "mlapi models add $name: $out"
     log "mlapi models add $name: $out"
     wait_loaded "$name" 60
@@ -469,9 +498,11 @@ own_models() {
     [[ -x "$HOST_MLAPI" ]] || fail "no $HOST_MLAPI: run make venv first"
     local before
     before="$(starts)"
-    train_own_models || fail "training the own models on the host"
-    add_own_model "$OWN_CLASSIFIER" classification
-    add_own_model "$OWN_REGRESSOR" regression
+    local models name task file
+    models="$(train_own_models)" || fail "training the own models on the host"
+    while read -r name task file; do
+        add_own_model "$name" "$task" "$file"
+    done <<<"$models"
     [[ "$(starts)" == "$before" ]] || fail "a container was (re)started while the own models were added"
     log "own models served without restarting any container"
 }

@@ -180,9 +180,9 @@ class DataPlane:
             raise NotFound(f"model {name!r} has no version {number}; its versions: {known}")
         return found
 
-    async def live(self, key: queue.Key) -> int:
-        """Live workers holding a version, from a count at most `LIVE_TTL_S` old (one refresh at a time)."""
-        if time.monotonic() - self._live_at > LIVE_TTL_S:
+    async def live(self, key: queue.Key, max_age_s: float = LIVE_TTL_S) -> int:
+        """Live workers holding a version, from a count at most `max_age_s` old (one refresh at a time)."""
+        if time.monotonic() - self._live_at > max_age_s:
             if self._live_refresh is None or self._live_refresh.done():
                 self._live_refresh = asyncio.ensure_future(self._refresh_live())
             await asyncio.shield(self._live_refresh)
@@ -199,7 +199,8 @@ class DataPlane:
     async def admit(self, key: queue.Key) -> None:
         """Refuse a request its version cannot serve now: no live worker, or a backlog over the limit."""
         name, number = key
-        if not await self.live(key):
+        # A version a worker has just loaded is not in a count made before: count again before refusing.
+        if not await self.live(key) and not await self.live(key, max_age_s=0):
             self.metrics.requests.labels(name, "unavailable").inc()
             raise Unavailable(
                 f"no live worker holds {name!r} version {number}", self.settings.worker.liveness_ms / 1000
