@@ -240,3 +240,12 @@ def test_a_retry_after_a_504_gets_the_first_answer(auth: Auth, stopped_worker: s
         answer = retry.post("/models/iris/predict", json=IRIS)
         assert answer.status_code == 200 and answer.json()["id"] == queued
         assert answer.json()["label"] == "virginica"
+
+
+def test_metrics_can_be_for_admins_only(auth: Auth) -> None:
+    url = auth.stack.start_another_api(MLAPI_API__METRICS_ACCESS="admin")
+    for path in ("/metrics", "/backlog"):
+        assert httpx.get(f"{url}{path}").status_code == 401
+        assert httpx.get(f"{url}{path}", headers={"X-API-Key": auth.alice}).status_code == 403
+        assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {auth.admin}"}).status_code == 200
+    assert httpx.get(f"{url}/healthz").status_code == 200

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from mlapi.api.access import Caller
+from mlapi.api.access import Caller, credential
 from mlapi.api.dataplane import DataPlane
 from mlapi.schemas import Error
 
@@ -42,10 +42,12 @@ async def caller(dp: DataPlaneDep, token: Token, api_key: ApiKey) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
-async def operator(dp: DataPlaneDep, token: Token, api_key: ApiKey) -> None:
-    """`/metrics` and `/backlog`: open, or for admin keys only (`MLAPI_API__METRICS_ACCESS=admin`)."""
+async def operator(dp: DataPlaneDep, request: Request) -> None:
+    """`/metrics` and `/backlog`: open, or for admin keys only (`MLAPI_API__METRICS_ACCESS=admin`). Not a
+    security scheme of the document: by default scrapers and autoscalers call them without a key."""
     if dp.settings.api.metrics_access == "admin":
-        dp.permit(await caller(dp, token, api_key), admin="read the service's metrics")
+        key = credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        dp.permit(await dp.authenticate(key), admin="read the service's metrics")
 
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
