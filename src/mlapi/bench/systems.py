@@ -117,6 +117,7 @@ def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
             "MLAPI_DATABASE_URL": postgres.url,
             "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
             "MLAPI_API__PORT": str(api_port),
+            "MLAPI_API__GRPC_PORT": "0",  # measured over HTTP only
             "MLAPI_LOG_LEVEL": "WARNING",
         }
         database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")
