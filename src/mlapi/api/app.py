@@ -24,7 +24,6 @@ from mlapi.api.metrics import Metrics
 from mlapi.api.routes import history, meta, models, predict
 from mlapi.faults import Faults
 from mlapi.oip import rest as oip_rest
-from mlapi.oip import server as oip_server
 from mlapi.settings import Settings
 from mlapi.storage.registry import RegistryRepository
 from mlapi.storage.repository import PredictionRepository, engine_for
@@ -70,11 +69,15 @@ def create_app(settings: Settings) -> FastAPI:
             dispatcher.start()
             await watch.start()
             if settings.api.grpc_port:
+                # Imported only to serve: its messages go into protobuf's default pool, which tritonclient.grpc
+                # fills with the same names, so a process (a test run) importing the app can still use that client.
+                from mlapi.oip import server as oip_server
+
                 grpc_server = await oip_server.start(dp, settings.api.host, settings.api.grpc_port)
             yield {"dataplane": dp}
         finally:
             if grpc_server is not None:
-                await oip_server.stop(grpc_server)
+                await grpc_server.stop(oip_server.STOP_GRACE_S)
             faults.uninstall()
             await watch.stop()
             await dispatcher.stop()

@@ -208,7 +208,7 @@ def _from_values(name: str, datatype: str, values: Sequence[Any]) -> np.ndarray[
         raise InvalidTensor(f"input {name!r}: its data do not all fit {datatype}")
     dtype = DTYPES[datatype]
     typed = array.astype(dtype).ravel()
-    if dtype.kind == "i" and not np.array_equal(typed, array.ravel()):
+    if dtype.kind == "i" and array.dtype != dtype and not np.array_equal(typed, array.ravel()):
         raise InvalidTensor(f"input {name!r}: a value is out of the range of {datatype}")
     return typed
 

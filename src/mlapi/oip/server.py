@@ -144,7 +144,3 @@ async def start(dp: DataPlane, host: str, port: int) -> aio.Server:
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) on %s", address)
     return server
-
-
-async def stop(server: aio.Server) -> None:
-    await server.stop(STOP_GRACE_S)
