@@ -154,6 +154,11 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def grpc_url(self) -> str:
+        """The Open Inference Protocol's gRPC service, as tritonclient.grpc takes it."""
+        return f"127.0.0.1:{self.env['MLAPI_API__GRPC_PORT']}"
+
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"{name}-{len(self.processes)}.log").open("wb") as log:
             process = subprocess.Popen(
@@ -213,6 +218,7 @@ def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLAPI_REDIS_URL=settings.require_redis_url(),
         MLAPI_DATABASE_URL=settings.database_url or "",
         MLAPI_LOG_LEVEL="INFO",
+        MLAPI_API__GRPC_PORT=str(free_port()),
     )
     env.update(extra)
     return env

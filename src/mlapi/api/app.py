@@ -23,6 +23,7 @@ from mlapi.api.limits import BodyLimit
 from mlapi.api.metrics import Metrics
 from mlapi.api.routes import history, meta, models, predict
 from mlapi.faults import Faults
+from mlapi.oip import rest as oip_rest
 from mlapi.settings import Settings
 from mlapi.storage.registry import RegistryRepository
 from mlapi.storage.repository import PredictionRepository, engine_for
@@ -61,13 +62,22 @@ def create_app(settings: Settings) -> FastAPI:
         watch = RegistryWatch(redis_url, registry, settings.registry_refresh_s, dp.apply, restarted)
         dp.refresh = watch.refresh
         app.state.dataplane = dp  # for the OpenAPI document, which has no request
+        grpc_server = None
         try:
             await _check_durability(redis, settings.api.durable_accept)
             faults.install()
             dispatcher.start()
             await watch.start()
+            if settings.api.grpc_port:
+                # Imported only to serve: its messages go into protobuf's default pool, which tritonclient.grpc
+                # fills with the same names, so a process (a test run) importing the app can still use that client.
+                from mlapi.oip import server as oip_server
+
+                grpc_server = await oip_server.start(dp, settings.api.host, settings.api.grpc_port)
             yield {"dataplane": dp}
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(oip_server.STOP_GRACE_S)
             faults.uninstall()
             await watch.stop()
             await dispatcher.stop()
@@ -82,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         "Models and their versions are added, promoted and removed at run time.",
         lifespan=lifespan,
     )
-    for router in (predict.router, models.router, history.router, meta.router):
+    for router in (predict.router, models.router, history.router, meta.router, oip_rest.router):
         app.include_router(router)
     openapi.install(app)
     add_error_handlers(app)
