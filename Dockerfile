@@ -82,9 +82,10 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
     && python -c "import mlapi.api.app, importlib.util as u; assert u.find_spec('sklearn') is None"
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
-ENV MLAPI_API__HOST=0.0.0.0 MLAPI_API__PORT=8000
+ENV MLAPI_API__HOST=0.0.0.0 MLAPI_API__PORT=8000 MLAPI_API__GRPC_PORT=8001
 USER 10001
-EXPOSE 8000
+# 8000: HTTP (the JSON API and the Open Inference Protocol's /v2); 8001: the protocol's gRPC service.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mlapi-healthcheck", "api"]
 CMD ["api"]
 

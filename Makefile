@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test chaos lint format bench browser hey screenshots servers containers kubernetes
+.PHONY: venv up test chaos lint format bench browser hey screenshots servers containers kubernetes proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench: venv hey
 hey:
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq hey; }
+
+# The Open Inference Protocol's gRPC code (committed), from its published grpc_predict_v2.proto; mypy-protobuf
+# writes the typed stubs.
+proto: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src \
+		--mypy_out=src --mypy_grpc_out=src src/mlapi/oip/proto/grpc_predict_v2.proto
 
 lint: venv
 	$(BIN)/ruff check .

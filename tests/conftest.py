@@ -154,6 +154,11 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def grpc_url(self) -> str:
+        """The Open Inference Protocol's gRPC service, as tritonclient.grpc takes it."""
+        return f"127.0.0.1:{self.env['MLAPI_API__GRPC_PORT']}"
+
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"{name}-{len(self.processes)}.log").open("wb") as log:
             process = subprocess.Popen(
@@ -167,9 +172,10 @@ class Stack:
         wait_until(lambda: _get(f"{self.url}/healthz") == 200, 30, "the API to start")
 
     def start_another_api(self, **env: str) -> str:
-        """One more API process on the same servers (as behind a load balancer); returns its URL."""
+        """One more API process on the same servers (as behind a load balancer), with its own gRPC port unless
+        `env` gives one; returns its URL."""
         port = free_port()
-        self.spawn("api", "api", "--port", str(port), env=env)
+        self.spawn("api", "api", "--port", str(port), env={"MLAPI_API__GRPC_PORT": str(free_port()), **env})
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _get(f"{url}/healthz") == 200, 30, "another API to start")
         return url
@@ -236,6 +242,7 @@ def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLAPI_DATABASE_URL=settings.database_url or "",
         MLAPI_LOG_LEVEL="INFO",
         MLAPI_API__AUTH="off",  # the tests of access control turn it on
+        MLAPI_API__GRPC_PORT=str(free_port()),
     )
     env.update(extra)
     return env

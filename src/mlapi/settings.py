@@ -16,6 +16,8 @@ class ApiSettings(BaseModel):
     """Interface the API binds to."""
     port: int = 8000
     """Port of the API."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol's gRPC service, served by the API process; 0 turns it off."""
     request_timeout_s: float = Field(10.0, gt=0)
     """How long a waiting request waits for its answer before it gets a 504 carrying its id."""
     max_instances: int = Field(256, ge=1)

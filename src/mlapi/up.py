@@ -44,6 +44,9 @@ class Port:
 
 def planned_ports(settings: Settings) -> list[Port]:
     ports = [Port(settings.api.port, settings.api.host, "the API", "MLAPI_API__PORT", "MLAPI_API__HOST")]
+    if settings.api.grpc_port:
+        ports.append(Port(settings.api.grpc_port, settings.api.host, "the API's gRPC service", "MLAPI_API__GRPC_PORT",
+                          "MLAPI_API__HOST"))  # fmt: skip
     if settings.up.web:
         ports.append(Port(settings.web.port, settings.web.host, "the web UI", "MLAPI_WEB__PORT", "MLAPI_WEB__HOST"))
     if not settings.redis_url:
@@ -285,7 +288,11 @@ def _run(settings: Settings) -> None:
             try:
                 for service in services:
                     service.start()
-                print(f"\nAPI      {api}  (docs {api}/docs)\n{auth_line}", flush=True)
+                print(f"\nAPI      {api}  (docs {api}/docs)", flush=True)
+                if settings.api.grpc_port:
+                    grpc = local_url(settings.api.host, settings.api.grpc_port).removeprefix("http://")
+                    print(f"gRPC     {grpc}  (Open Inference Protocol v2)", flush=True)
+                print(auth_line, flush=True)
                 if settings.up.web:
                     print(f"Web UI   {local_url(settings.web.host, settings.web.port)}", flush=True)
                 print("Ctrl-C stops everything; a service that dies is restarted.", flush=True)

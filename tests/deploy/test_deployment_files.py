@@ -79,7 +79,7 @@ def test_model_workers_scale(services: dict[str, Any]) -> None:
 
 
 def test_api_and_web_publish_their_ports_and_join_the_shared_network(services: dict[str, Any]) -> None:
-    assert services["api"]["ports"][0].endswith(":8000")
+    assert services["api"]["ports"][0].endswith(":8000") and services["api"]["ports"][1].endswith(":8001")
     assert services["web"]["ports"][0].endswith(":9090")
     assert load(COMPOSE)["networks"]["shared_network"] == {"external": True}
     for name in ("api", "web"):
@@ -210,3 +210,17 @@ def test_api_probes_use_the_health_endpoints() -> None:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_the_api_exposes_the_grpc_port_it_listens_on() -> None:
+    docs = load_all(REPO / "deploy" / "kubernetes" / "base" / "api.yaml")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    config = load(REPO / "deploy" / "kubernetes" / "base" / "configmap.yaml")["data"]
+    grpc_port = int(config["MLAPI_API__GRPC_PORT"])
+    assert {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"} in container["ports"]
+    assert any(p["targetPort"] == "grpc" and p["port"] == grpc_port for p in service["spec"]["ports"])
+    compose = load(COMPOSE)["services"]["api"]
+    assert compose["environment"]["MLAPI_API__GRPC_PORT"] == str(grpc_port)
+    assert f"EXPOSE 8000 {grpc_port}" in (REPO / "Dockerfile").read_text()

@@ -27,6 +27,7 @@ def up_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update(
         MLAPI_UP__DATA_DIR=str(tmp_path / "data"), MLAPI_UP__REDIS_PORT=str(free_port()),
         MLAPI_UP__POSTGRES_PORT=str(free_port()), MLAPI_API__PORT=str(free_port()), MLAPI_UP__WEB="false",
+        MLAPI_API__GRPC_PORT=str(free_port()),
     )  # fmt: skip
     return {**env, **extra}
 
@@ -85,6 +86,7 @@ def test_up_serves_stops_on_ctrl_c_and_keeps_history(tmp_path: Path) -> None:
         prediction = httpx.post(f"{url}/predict", json=ORIGINAL_CLIENT_SAMPLE, timeout=30).json()
         output = log.read_text()
         assert output.count("worker-") == 2 and f"{url}/docs" in output
+        assert f"gRPC     127.0.0.1:{env['MLAPI_API__GRPC_PORT']}" in output and listening(env["MLAPI_API__GRPC_PORT"])
     finally:
         interrupt(first)
     with pytest.raises(httpx.ConnectError):
@@ -100,11 +102,14 @@ def test_up_serves_stops_on_ctrl_c_and_keeps_history(tmp_path: Path) -> None:
         interrupt(second)
 
 
-def test_up_refuses_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "what"), [("MLAPI_API__PORT", "the API"), ("MLAPI_API__GRPC_PORT", "the API's gRPC service")]
+)
+def test_up_refuses_a_taken_port_and_starts_nothing(tmp_path: Path, setting: str, what: str) -> None:
     env = up_env(tmp_path, MLAPI_UP__WEB="true", MLAPI_WEB__PORT=str(free_port()))
-    api_port = int(env["MLAPI_API__PORT"])
+    taken = int(env[setting])
     log = tmp_path / "up.log"
-    with socket.create_server(("127.0.0.1", api_port)):  # another program listens on the API's port
+    with socket.create_server(("127.0.0.1", taken)):  # another program listens on that port
         process = up(tmp_path, env, log)
         try:
             code = process.wait(20)
@@ -113,10 +118,11 @@ def test_up_refuses_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
             raise
     output = log.read_text()
     assert code != 0
-    assert f"port {api_port} (the API) is already in use" in output and "MLAPI_API__PORT" in output
+    assert f"port {taken} ({what}) is already in use" in output and f"{setting}={taken + 1}" in output
     assert " pid " not in output  # no service was started
     assert not (tmp_path / "data").exists()  # no server was started, not even initialised
-    assert not any(listening(env[setting]) for setting in ("MLAPI_WEB__PORT", *SERVERS))
+    others = {"MLAPI_API__PORT", "MLAPI_API__GRPC_PORT", "MLAPI_WEB__PORT", *SERVERS} - {setting}
+    assert not any(listening(env[s]) for s in others)
 
 
 def test_up_restarts_a_killed_worker_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ from mlapi.up import FIRST_BACKOFF_S, MAX_BACKOFF_S, STABLE_AFTER_S, Port, next_
 
 def test_the_planned_ports_are_those_up_will_listen_on(tmp_path: Path) -> None:
     everything = Settings(
-        redis_url=None, database_url=None, api=ApiSettings(port=8001), web=WebSettings(host="0.0.0.0", port=9091),
+        redis_url=None, database_url=None, api=ApiSettings(port=8001, grpc_port=8002),
+        web=WebSettings(host="0.0.0.0", port=9091),
         up=UpSettings(data_dir=tmp_path, redis_port=16379, postgres_port=15432, web=True),
     )  # fmt: skip
     assert [(p.port, p.host, p.setting) for p in planned_ports(everything)] == [
         (8001, "127.0.0.1", "MLAPI_API__PORT"),
+        (8002, "127.0.0.1", "MLAPI_API__GRPC_PORT"),
         (9091, "0.0.0.0", "MLAPI_WEB__PORT"),
         (16379, "127.0.0.1", "MLAPI_UP__REDIS_PORT"),
         (15432, "127.0.0.1", "MLAPI_UP__POSTGRES_PORT"),
@@ -24,7 +26,9 @@ def test_the_planned_ports_are_those_up_will_listen_on(tmp_path: Path) -> None:
     external = Settings(
         redis_url="redis://elsewhere:6379/0", database_url="postgresql://elsewhere/db", up=UpSettings(web=False)
     )
-    assert [p.setting for p in planned_ports(external)] == ["MLAPI_API__PORT"]
+    assert [p.setting for p in planned_ports(external)] == ["MLAPI_API__PORT", "MLAPI_API__GRPC_PORT"]
+    no_grpc = external.model_copy(update={"api": ApiSettings(grpc_port=0)})
+    assert [p.setting for p in planned_ports(no_grpc)] == ["MLAPI_API__PORT"]
 
 
 def test_free_ports_raise_no_problem() -> None:

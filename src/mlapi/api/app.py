@@ -24,6 +24,7 @@ from mlapi.api.limits import BodyLimit
 from mlapi.api.metrics import Metrics
 from mlapi.api.routes import history, meta, models, predict
 from mlapi.faults import Faults
+from mlapi.oip import rest as oip_rest
 from mlapi.settings import Settings
 from mlapi.storage.keys import KeyRepository
 from mlapi.storage.registry import RegistryRepository
@@ -70,14 +71,23 @@ def create_app(settings: Settings) -> FastAPI:
         dp.refresh = watch.refresh
         watches: list[EventWatch] = [watch, *([keys_watch] if keys_watch else [])]
         app.state.dataplane = dp  # for the OpenAPI document, which has no request
+        grpc_server = None
         try:
             await _check_durability(redis, settings.api.durable_accept)
             faults.install()
             dispatcher.start()
             for w in watches:
                 await w.start()
+            if settings.api.grpc_port:
+                # Imported only to serve: its messages go into protobuf's default pool, which tritonclient.grpc
+                # fills with the same names, so a process (a test run) importing the app can still use that client.
+                from mlapi.oip import server as oip_server
+
+                grpc_server = await oip_server.start(dp, settings.api.host, settings.api.grpc_port)
             yield {"dataplane": dp}
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(oip_server.STOP_GRACE_S)
             faults.uninstall()
             for w in watches:
                 await w.stop()
@@ -93,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         "Models and their versions are added, promoted and removed at run time.",
         lifespan=lifespan,
     )
-    for router in (predict.router, models.router, history.router, meta.router):
+    for router in (predict.router, models.router, history.router, meta.router, oip_rest.router):
         app.include_router(router)
     openapi.install(app)
     add_error_handlers(app)

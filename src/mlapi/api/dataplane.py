@@ -105,6 +105,7 @@ class Inferred:
     created_at: datetime
     results: list[Result]
     timings: Timings | None
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,7 @@ class DataPlane:
             self.metrics.requests.labels(name, "failed").inc()
             raise PredictionFailed(reply)
         self.metrics.answered(name, time.perf_counter() - started, reply)
-        return Inferred(spec, job.created_at, reply.results, reply.timings)
+        return Inferred(spec, job.created_at, reply.results, reply.timings, job.id)
 
     def _durable_ms(self, durable: bool) -> int | None:
         return self.settings.api.durable_timeout_ms if durable else None

@@ -33,11 +33,12 @@ class BodyLimit:
         limit = self.max_upload_bytes + (1 << 20) if upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
+            key = "error" if scope["path"].startswith("/v2/") else "detail"  # each protocol its own error format
             if not declared.isdigit():
-                await _reply(send, 400, "malformed Content-Length header")
+                await _reply(send, 400, key, "malformed Content-Length header")
                 return
             if int(declared) > limit:
-                await _reply(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {limit}")
+                await _reply(send, 413, key, f"request body of {int(declared)} bytes exceeds the limit of {limit}")
                 return
         seen = 0
 
@@ -53,8 +54,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
-    body = orjson.dumps({"detail": detail})
+async def _reply(send: Send, status: int, key: str, detail: str) -> None:
+    body = orjson.dumps({key: detail})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -103,8 +103,9 @@ def mlserver_system(model_dir: Path, work: Path, venv: Path) -> Iterator[Running
 
 
 @contextmanager
-def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
-    """What `mlapi up` runs: the API, two workers, Redis and PostgreSQL, in a throwaway data dir."""
+def mlapi_stack(model_dir: Path, work: Path, grpc_port: int = 0) -> Iterator[Running]:
+    """What `mlapi up` runs: the API, two workers, Redis and PostgreSQL, in a throwaway data dir; the API's gRPC
+    service on `grpc_port` (0: off, as the benchmark measures HTTP)."""
     with ExitStack() as stack:
         redis = RedisServer(work / "redis", free_port()).start()
         stack.callback(redis.stop)
@@ -117,6 +118,7 @@ def mlapi_stack(model_dir: Path, work: Path) -> Iterator[Running]:
             "MLAPI_DATABASE_URL": postgres.url,
             "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
             "MLAPI_API__PORT": str(api_port),
+            "MLAPI_API__GRPC_PORT": str(grpc_port),
             "MLAPI_LOG_LEVEL": "WARNING",
         }
         database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")

@@ -44,7 +44,7 @@ CHECK_TIMEOUT_S = 2.5
 """Each readiness check's deadline; the checks run together, within a probe's usual 3 s timeout."""
 
 
-async def _readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]]]:
+async def readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]]]:
     """Reasons the service is not ready, and each model version's live workers.
 
     Nothing is remembered between calls: every answer is a fresh look, so readiness returns as soon as
@@ -87,7 +87,7 @@ async def _readiness(dp: DataPlane) -> tuple[list[str], dict[str, dict[str, int]
 async def readyz(dp: DataPlaneDep) -> Response:
     """Ready: Redis and PostgreSQL reachable, the reply reader running and a live worker for the default model;
     lists every version's live workers either way."""
-    reasons, workers = await _readiness(dp)
+    reasons, workers = await readiness(dp)
     if reasons:
         return json_response({"status": "unavailable", "reasons": reasons, "workers": workers}, 503)
     return json_response({"status": "ready", "workers": workers})
