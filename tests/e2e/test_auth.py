@@ -2,7 +2,8 @@
 
 No key is 401; two keys never see each other's predictions; an admin sees both; a model-restricted key gets
 403; a revoked key is refused within a second by both API processes; a rate limit holds across them; and
-concurrent duplicates of an idempotent request make one prediction.
+concurrent duplicates of an idempotent request make one prediction. The same over the Open Inference
+Protocol, REST and gRPC (tritonclient's own messages: this process never imports `mlapi.oip.proto`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mlapi.models.spec import read_bundled
 from tests.conftest import REGISTRY, Stack, StackFactory, create_key, keys, wait_until
@@ -249,3 +252,102 @@ def test_metrics_can_be_for_admins_only(auth: Auth) -> None:
         assert httpx.get(f"{url}{path}", headers={"X-API-Key": auth.alice}).status_code == 403
         assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {auth.admin}"}).status_code == 200
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+# ---- the Open Inference Protocol: REST /v2 and gRPC ---------------------------------------------------------
+
+
+def grpc_infer(
+    auth: Auth, key: str | None, model: str = "iris", idempotency_key: str | None = None
+) -> service_pb2.ModelInferResponse:
+    """An iris sample over gRPC (tritonclient's own messages), with the key in the call's metadata."""
+    metadata = [("authorization", f"Bearer {key}")] if key is not None else []
+    if idempotency_key is not None:
+        metadata.append(("idempotency-key", idempotency_key))
+    request = service_pb2.ModelInferRequest(model_name=model, inputs=[
+        service_pb2.ModelInferRequest.InferInputTensor(
+            name=name, datatype="FP64", shape=[1], contents=service_pb2.InferTensorContents(fp64_contents=[value])
+        )
+        for name, value in IRIS.items()
+    ])  # fmt: skip
+    with grpc.insecure_channel(auth.stack.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return stub.ModelInfer(request, metadata=metadata, timeout=30)
+
+
+def grpc_refusal(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value.code()
+
+
+def prediction_id(answer: service_pb2.ModelInferResponse) -> str:
+    """The one row's id, from the raw BYTES output `prediction_ids` (a 4-byte little-endian length, then it)."""
+    raw = answer.raw_output_contents[[o.name for o in answer.outputs].index("prediction_ids")]
+    return str(raw[4 : 4 + int.from_bytes(raw[:4], "little")].decode())
+
+
+def test_the_open_inference_protocol_asks_for_keys_and_keeps_history_private(auth: Auth) -> None:
+    v2_sample = {"inputs": [{"name": k, "datatype": "FP64", "shape": [1], "data": [v]} for k, v in IRIS.items()]}
+    with auth.client(None) as anonymous:
+        assert anonymous.get("/v2/health/live").status_code == 200
+        assert anonymous.get("/v2/health/ready").status_code == 200
+        for path in ("/v2", "/v2/models/iris", "/v2/models/iris/ready"):
+            assert anonymous.get(path).status_code == 401
+        refused = anonymous.post("/v2/models/iris/infer", json=v2_sample)
+        assert refused.status_code == 401 and "API key" in refused.json()["error"]
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    with auth.client(auth.alice) as alice:
+        answered = alice.post("/v2/models/iris/infer", json=v2_sample)
+        assert answered.status_code == 200, answered.text
+        over_rest = next(o for o in answered.json()["outputs"] if o["name"] == "prediction_ids")["data"][0]
+    # gRPC: the health calls are open, the others need the key in the metadata.
+    with grpc.insecure_channel(auth.stack.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
+        refusal = grpc_refusal(lambda: stub.ServerMetadata(service_pb2.ServerMetadataRequest()))
+        assert refusal == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_refusal(lambda: grpc_infer(auth, None)) == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_refusal(lambda: grpc_infer(auth, "mlapi_not-a-key")) == grpc.StatusCode.UNAUTHENTICATED
+    over_grpc = prediction_id(grpc_infer(auth, auth.bob))
+    with auth.client(auth.alice) as alice, auth.client(auth.bob) as bob:
+        assert alice.get(f"/predictions/{over_rest}").json()["key"] == "alice"
+        assert bob.get(f"/predictions/{over_grpc}").json()["key"] == "bob"
+        assert alice.get(f"/predictions/{over_grpc}").status_code == 404
+        assert bob.get(f"/predictions/{over_rest}").status_code == 404
+        assert over_grpc not in ids(alice) and over_rest not in ids(bob)
+    restricted = create_key(auth.stack, "v2-iris-only", "--models", "iris")
+    assert grpc_refusal(lambda: grpc_infer(auth, restricted, "diabetes-risk")) == grpc.StatusCode.PERMISSION_DENIED
+    with auth.client(restricted) as client:
+        assert client.get("/v2/models/diabetes-risk").status_code == 403
+        assert client.post("/v2/models/diabetes-risk/infer", json={"inputs": []}).status_code == 403
+
+
+def test_a_rate_limit_holds_over_grpc(auth: Auth) -> None:
+    key = create_key(auth.stack, "grpc-limited", "--rate", "3/m")
+    codes = []
+    for _ in range(5):
+        try:
+            grpc_infer(auth, key)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+    assert codes == [grpc.StatusCode.OK] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+
+
+def test_concurrent_grpc_duplicates_with_one_idempotency_key_make_one_prediction(auth: Auth) -> None:
+    key = create_key(auth.stack, "grpc-retrier")
+
+    def call(_: int) -> str | grpc.StatusCode:
+        try:
+            return prediction_id(grpc_infer(auth, key, idempotency_key="grpc-order-1"))
+        except grpc.RpcError as e:
+            return e.code()
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(call, range(8)))
+    answered = {o for o in outcomes if isinstance(o, str)}
+    assert len(answered) == 1 and set(outcomes) - answered <= {grpc.StatusCode.ALREADY_EXISTS}
+    assert prediction_id(grpc_infer(auth, key, idempotency_key="grpc-order-1")) in answered  # after: the answer
+    with auth.client(auth.admin) as admin:
+        assert ids(admin, key="grpc-retrier") == list(answered)

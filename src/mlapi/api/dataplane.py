@@ -304,7 +304,8 @@ class DataPlane:
     @staticmethod
     def _record(job: Job, rows: list[dict[str, Value]]) -> bytes:
         ids = [r.id for r in job.rows]
-        return orjson.dumps({"rows": rows_digest(rows), "model": job.model, "version": job.version, "ids": ids})
+        record = {"rows": rows_digest(rows), "model": job.model, "version": job.version, "ids": ids, "job": job.id}
+        return orjson.dumps(record)
 
     async def _replay(self, record: bytes, rows: list[dict[str, Value]], caller: Caller) -> Inferred:
         """The answer to the first request made with an idempotency key, from the history."""
@@ -319,7 +320,7 @@ class DataPlane:
         results = [_result(stored[i]) for i in ids]
         if errors := sorted({r.error for r in results if r.error}):
             raise PredictionFailed(Reply(id="", results=results, error="; ".join(errors)))
-        return Inferred(spec, stored[ids[0]]["created_at"], results, None)
+        return Inferred(spec, stored[ids[0]]["created_at"], results, None, first["job"])
 
     async def _queue(self, spec: ModelSpec, job: Job, wait: bool) -> Inferred | Queued:
         name = spec.name

@@ -52,6 +52,14 @@ def retry_after(exc: Exception) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(getattr(exc, "retry_after_s", RETRY_AFTER_S))))}
 
 
+def error_headers(status: int, exc: Exception) -> dict[str, str] | None:
+    """What an error's answer tells the client beyond its body: when to try again (503, 429, and a 409 of a
+    request in flight), or which credentials a 401 wants."""
+    if status == 503 or hasattr(exc, "retry_after_s"):
+        return retry_after(exc)
+    return WWW_AUTHENTICATE if status == 401 else None
+
+
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
 
@@ -63,9 +71,7 @@ def add_error_handlers(app: FastAPI) -> None:
             ids = getattr(exc, "ids", None)
             if with_ids and ids:
                 body.update({"id": ids[0]} if len(ids) == 1 else {"ids": ids})
-            retry = status == 503 or hasattr(exc, "retry_after_s")  # 429, and a 409 of a request in flight
-            headers = retry_after(exc) if retry else WWW_AUTHENTICATE if status == 401 else None
-            return json_response(body, status, headers)
+            return json_response(body, status, error_headers(status, exc))
 
         return handle
 
