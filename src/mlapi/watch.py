@@ -46,6 +46,7 @@ class EventWatch:
         self.react = react
         self._redis = queue.connect(redis_url, read_timeout_s=BLOCK_MS / 1000 + 5)
         self._follower = Supervised(task, self._follow, on_restart)
+        self._what = task.replace("-", " ")  # "registry watch", as the logs say
         self._last_event = "0-0"
 
     async def start(self, react: bool = False) -> None:
@@ -78,7 +79,7 @@ class EventWatch:
                 backoff = 0.0
             except (RedisError, SQLAlchemyError, OSError) as e:
                 backoff = min(MAX_BACKOFF_S, max(0.2, backoff * 2))
-                log.warning("%s: %s: %s; retrying in %.1f s", self.stream, type(e).__name__, e, backoff)
+                log.warning("%s: %s: %s; retrying in %.1f s", self._what, type(e).__name__, e, backoff)
                 with contextlib.suppress(TimeoutError):  # reconnect backoff; the event read blocks on the broker
                     await asyncio.wait_for(stopping.wait(), backoff)
 

@@ -267,7 +267,7 @@ class DataPlane:
         spec: ModelSpec,
         rows: list[dict[str, Value]],
         wait: bool,
-        caller: Caller = ANONYMOUS,
+        caller: Caller,
         idempotent: Idempotent | None = None,
     ) -> Inferred | Queued:
         """Queue validated rows for a version; with `wait`, answer them, else return their ids at once.

@@ -11,7 +11,6 @@ from grpc import StatusCode
 from redis.exceptions import RedisError
 
 from mlapi.api.dataplane import (
-    ANONYMOUS,
     BrokerUnavailable,
     Caller,
     DataPlane,
@@ -127,7 +126,7 @@ class Handler:
         known = ", ".join(map(str, self.dp.model(name).versions))
         raise NotFound(f"model {name!r} has no version {version!r}; its versions: {known}")
 
-    async def model_ready(self, name: str, version: str, caller: Caller = ANONYMOUS) -> str | None:
+    async def model_ready(self, name: str, version: str, caller: Caller) -> str | None:
         """Why the version cannot serve now; None when it can."""
         spec = self.version(name, version).spec
         self.dp.permit(caller, model=spec.name)
@@ -135,14 +134,14 @@ class Handler:
             return None
         return f"no live worker holds {spec.name!r} version {spec.version}"
 
-    def model_metadata(self, name: str, version: str, caller: Caller = ANONYMOUS) -> ModelMetadata:
+    def model_metadata(self, name: str, version: str, caller: Caller) -> ModelMetadata:
         spec = self.version(name, version).spec
         self.dp.permit(caller, model=spec.name)
         versions = [str(v) for v in self.dp.model(name).versions]
         return ModelMetadata(spec.name, versions, spec.runtime, codec.inputs(spec), codec.outputs(spec))
 
     async def infer(
-        self, name: str, version: str, request: InferRequest, caller: Caller = ANONYMOUS,
+        self, name: str, version: str, request: InferRequest, caller: Caller,
         idempotent: Idempotent | None = None,
     ) -> InferResponse:  # fmt: skip
         """One job of all the request's rows, answered with the outputs asked for (with an idempotency key, the
