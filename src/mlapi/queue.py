@@ -241,6 +241,31 @@ async def read_new(redis: Redis, consumer: str, keys: Sequence[Key], count: int,
     ]
 
 
+async def read_own(redis: Redis, consumer: str, keys: Sequence[Key], count: int) -> list[Delivery]:
+    """Up to `count` entries already delivered to this consumer and not acknowledged, with their delivery
+    counts: what a read whose reply was lost (a timeout, a paused process, a dropped connection) left
+    pending here, which no other worker would reclaim before the visibility timeout. Read from the pending
+    list and the stream, since XREADGROUP from 0 would count another delivery, and a lost reply is none."""
+    found: list[Delivery] = []
+    for key in keys:
+        stream = request_stream(*key)
+        held = await redis.xpending_range(stream, GROUP, "-", "+", count - len(found), consumername=consumer)
+        if not held:
+            continue
+        async with redis.pipeline(transaction=False) as pipe:
+            for entry in held:
+                pipe.xrange(stream, entry["message_id"], entry["message_id"])
+            ranges = await pipe.execute()
+        for entry, read in zip(held, ranges, strict=True):
+            for entry_id, fields in read:  # none when the entry was deleted meanwhile
+                delivery = Delivery.of(key, entry_id, fields)
+                delivery.deliveries = int(entry["times_delivered"])
+                found.append(delivery)
+        if len(found) >= count:
+            break
+    return found
+
+
 def stream_items(response: Any) -> list[tuple[bytes, list[Any]]]:
     """XREAD replies come as a list under RESP2 and a dict under RESP3."""
     if not response:
