@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from mlapi import queue
-from mlapi.api.routes import DataPlaneDep
+from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep
 from mlapi.schemas import Error, Page, PredictionRecord
 from mlapi.storage.registry import NotFound
 from mlapi.storage.repository import Cursor, Filters
 
-router = APIRouter(tags=["history"])
+router = APIRouter(tags=["history"], responses=AUTH_RESPONSES)
 
 
 def record(row: Mapping[str, Any]) -> PredictionRecord:
@@ -28,33 +28,40 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-@router.get("/predictions", responses={400: {"model": Error}})
+@router.get("/predictions", responses={400: {"model": Error}, 403: {"model": Error}})
 async def list_predictions(
     dp: DataPlaneDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     model: str | None = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
     prediction: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Predicted class")] = None,
+    key: Annotated[str | None, Query(description="Made by this API key (admin keys only)")] = None,
 ) -> Page:
+    """The caller's own predictions (an admin key's: everyone's, or `key`'s), newest first."""
     after = Cursor.decode(cursor) if cursor else None
-    filters = Filters(model=model, since=_utc(since), until=_utc(until), prediction=prediction)
+    filters = Filters(
+        key=caller.history_key(key), model=model, since=_utc(since), until=_utc(until), prediction=prediction
+    )
     rows, next_cursor = await dp.predictions.page(filters, limit, after)
     return Page(items=[record(r) for r in rows], next_cursor=next_cursor.encode() if next_cursor else None)
 
 
 @router.get("/predictions/{prediction_id}", responses={404: {"model": Error}})
-async def get_prediction(prediction_id: uuid.UUID, dp: DataPlaneDep) -> PredictionRecord:
-    row = await dp.predictions.get(str(prediction_id))
+async def get_prediction(prediction_id: uuid.UUID, dp: DataPlaneDep, caller: CallerDep) -> PredictionRecord:
+    """One of the caller's predictions (any, for an admin key); another key's is not found, as a missing one."""
+    owner = caller.history_key(None)
+    row = await dp.predictions.get(str(prediction_id), owner)
     if row is not None:
         return record(row)
     marker = await queue.queued(dp.redis, str(prediction_id))
-    if marker is None:
+    if marker is None or (owner is not None and marker.get("key") != owner):
         raise NotFound(f"no prediction {prediction_id}")
     return PredictionRecord(
         id=str(prediction_id), model=marker["model"], model_version=str(marker.get("version", "")) or None,
         task=None, status="queued", features=None, prediction=None, label=None, probability=None,
         probabilities=None, warnings=[], error=None, created_at=datetime.fromisoformat(marker["created_at"]),
-        completed_at=None,
+        completed_at=None, key=marker.get("key"),
     )  # fmt: skip

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mlapi import queue
 from mlapi.api.dataplane import DataPlane
 from mlapi.api.errors import json_response
-from mlapi.api.routes import DataPlaneDep
+from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep, operator
+from mlapi.schemas import Caller as CallerOut
 
 router = APIRouter(tags=["meta"])
 
@@ -23,8 +24,15 @@ async def hello(dp: DataPlaneDep) -> dict[str, Any]:
         "message": "Hello from mlapi, the ML prediction service",
         "default_model": dp.settings.api.default_model,
         "links": {"docs": "/docs", "predict": "/predict", "models": "/models", "history": "/predictions",
-                  "health": "/healthz", "ready": "/readyz", "metrics": "/metrics", "backlog": "/backlog"},
+                  "health": "/healthz", "ready": "/readyz", "metrics": "/metrics", "backlog": "/backlog", "me": "/me"},
     }  # fmt: skip
+
+
+@router.get("/me", responses=AUTH_RESPONSES)
+async def me(dp: DataPlaneDep, caller: CallerDep) -> CallerOut:
+    """The key this request carries and what it may do (with auth off: an anonymous admin)."""
+    models = sorted(caller.models) if caller.models is not None else None
+    return CallerOut(key=caller.name, admin=caller.admin, models=models, rate=caller.rate, auth=dp.settings.api.auth)
 
 
 @router.get("/healthz")
@@ -85,7 +93,7 @@ async def readyz(dp: DataPlaneDep) -> Response:
     return json_response({"status": "ready", "workers": workers})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(operator)])
 async def metrics(dp: DataPlaneDep) -> Response:
     """Prometheus metrics: this process's requests, and each model version's queue (length, lag, pending,
     live workers) and each model's dead letters."""
@@ -95,7 +103,7 @@ async def metrics(dp: DataPlaneDep) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/backlog")
+@router.get("/backlog", dependencies=[Depends(operator)])
 async def backlog(dp: DataPlaneDep) -> dict[str, Any]:
     """Requests waiting for a worker (queued and not yet acknowledged) over every model version: what the
     workers' autoscaler follows (KEDA's metrics-api trigger reads `total`)."""
