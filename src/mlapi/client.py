@@ -142,7 +142,8 @@ class Client:
             f"/models/{name}/versions",
             params={"promote": "true"} if promote else None,
             files={"artifact": (upload.filename, upload.artifact, "application/octet-stream")},
-            data={"spec": upload.spec.model_dump_json()},
+            data={"spec": upload.spec.model_dump_json()}
+            | ({"profile": upload.profile.model_dump_json()} if upload.profile is not None else {}),
         )
         return _parse(response, VersionInfo, "a version")
 

@@ -26,6 +26,7 @@ from mlapi.api.dataplane import (
     Unavailable,
 )
 from mlapi.api.limits import BodyTooLarge
+from mlapi.api.quality import InvalidFeedback, InvalidQuery, LabelRefused
 from mlapi.storage.repository import InvalidCursor
 
 log = logging.getLogger("mlapi.api")
@@ -61,7 +62,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     for exc, status in (
         (MalformedBody, 400), (InvalidCursor, 400), (NotFound, 404), (Conflict, 409), (BodyTooLarge, 413),
-        (Refused, 422), (Unavailable, 503),
+        (Refused, 422), (InvalidQuery, 422), (LabelRefused, 422), (Unavailable, 503),
     ):  # fmt: skip
         app.add_exception_handler(exc, handler(status))
     app.add_exception_handler(PredictionFailed, handler(422, with_ids=True))  # the model is pure: the input's fault
@@ -83,6 +84,11 @@ def add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, InvalidInput)
         return JSONResponse({"detail": jsonable_encoder(exc.errors)}, 422)
 
+    async def invalid_feedback(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidFeedback)
+        return json_response({"detail": exc.errors}, 422)
+
+    app.add_exception_handler(InvalidFeedback, invalid_feedback)
     app.add_exception_handler(RedisError, broker_down)
     app.add_exception_handler(OperationalError, database_down)
     app.add_exception_handler(DBAPIError, database_down)

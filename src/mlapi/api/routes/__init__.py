@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from mlapi.api.dataplane import DataPlane
+from mlapi.api.quality import QualityPlane
 
 
 async def dataplane(request: Request) -> DataPlane:
@@ -15,3 +16,10 @@ async def dataplane(request: Request) -> DataPlane:
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(dataplane)]
+
+
+async def quality_plane(request: Request) -> QualityPlane:
+    return request.state.quality  # type: ignore[no-any-return]
+
+
+QualityDep = Annotated[QualityPlane, Depends(quality_plane)]
