@@ -106,7 +106,7 @@ def test_rows_drawn_like_the_training_data_do_not_drift_and_shifted_features_do(
 
 
 def test_history_shows_feedback_and_filters_on_it(client: httpx.Client, started: datetime) -> None:
-    query = {"model": NAME, "since": started.isoformat(), "limit": 500}
+    query: dict[str, str | int] = {"model": NAME, "since": started.isoformat(), "limit": 500}
     labelled = client.get("/predictions", params=query | {"labelled": "true"}).json()["items"]
     assert labelled and all(r["feedback"] is not None for r in labelled)
     assert {r["feedback"]["label"] for r in labelled} <= {"0", "1"}
