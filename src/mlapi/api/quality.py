@@ -71,11 +71,19 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def in_utc(value: datetime | None) -> datetime | None:
+    """A time in UTC (naive times are UTC); one that UTC cannot express (year 0, year 10000) is refused."""
+    try:
+        return None if value is None else value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidQuery(f"{value.isoformat()} is out of range in UTC") from None  # type: ignore[union-attr]
+
+
 def window_bounds(since: datetime | None, until: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
     """[since, until) with the defaults: until now, since `default` before until."""
-    until = utc(until) or datetime.now(UTC)
+    until = in_utc(until) or datetime.now(UTC)
     try:
-        since = utc(since) or until - default
+        since = in_utc(since) or until - default
     except OverflowError:
         raise InvalidQuery(f"no window of {default} ends at {until.isoformat()}") from None
     if since >= until:
@@ -307,7 +315,7 @@ class QualityPlane:
             if model is None:
                 raise InvalidQuery("version needs model")
             self.dp.version(model, version)
-        until = utc(until) or datetime.now(UTC)
+        until = in_utc(until) or datetime.now(UTC)
         if since is None:
             probe = Window(model, until, until, version, prediction)
             oldest = await self.repository.first_created(probe)

@@ -7,9 +7,10 @@ statement that stores history rows (`PredictionRepository.add`), and here when a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,8 @@ ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
 LOG_LOSS_EPS = 2.220446049250313e-16
 """Probabilities are clipped to [eps, 1 - eps] for the log loss, as scikit-learn clips them (float64's eps)."""
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+"""Before any row (and within what every time zone's conversion can express)."""
 
 
 def binned_rows(source: str) -> str:
@@ -251,8 +254,7 @@ class QualityRepository:
 
     async def first_created(self, window: Window) -> datetime | None:
         """When the oldest row matching the window's filters (not its start) was created."""
-        where, params = Window(window.model, datetime.min.replace(tzinfo=window.until.tzinfo), window.until,
-                               window.version, window.prediction).where()  # fmt: skip
+        where, params = Window(window.model, EARLIEST, window.until, window.version, window.prediction).where()
         query = sa.text(f"SELECT min(created_at) FROM predictions WHERE {where}")
         async with self._single.connect() as conn:
             found: datetime | None = (await conn.execute(query, params)).scalar()
@@ -283,13 +285,14 @@ class QualityRepository:
             SELECT count(*) AS n, percentile_cont(CAST(:percentiles AS float8[])) WITHIN GROUP
                    (ORDER BY extract(epoch FROM completed_at - created_at) * 1000) AS ms
             FROM predictions WHERE {where} AND status = 'done' AND completed_at IS NOT NULL"""
-        async with self._single.connect() as conn:
-            out = {
-                "over_time": (await conn.execute(sa.text(over_time), params)).mappings().all(),
-                "probability": (await conn.execute(sa.text(probability), params)).mappings().all(),
-                "values": (await conn.execute(sa.text(values), params)).mappings().all(),
-                "latency": (await conn.execute(sa.text(latency), params | {"percentiles": list(PERCENTILES)}))
-                .mappings()
-                .one(),
-            }
+        queries = {"over_time": over_time, "probability": probability, "values": values, "latency": latency}
+        params["percentiles"] = list(PERCENTILES)
+
+        async def run(query: str) -> list[sa.RowMapping]:
+            async with self._single.connect() as conn:  # each on its own connection: PostgreSQL runs them at once
+                return list((await conn.execute(sa.text(query), params)).mappings().all())
+
+        found = await asyncio.gather(*(run(q) for q in queries.values()))
+        out: dict[str, Any] = dict(zip(queries, found, strict=True))
+        out["latency"] = out["latency"][0]
         return out
