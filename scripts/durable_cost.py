@@ -69,6 +69,7 @@ def stack(work: Path) -> Iterator[dict[str, str]]:
             "MLAPI_LOG_LEVEL": "WARNING",
             "MLAPI_API__MAX_BACKLOG": "0",
             "MLAPI_API__GRPC_PORT": "0",  # three API processes side by side, measured over HTTP only
+            "MLAPI_API__AUTH": "off",
         }
         children: list[subprocess.Popen[bytes]] = []
         exits.callback(stop, children)

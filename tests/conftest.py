@@ -171,6 +171,15 @@ class Stack:
         self.api = self.spawn("api", "api", "--port", str(self.api_port), env=env)
         wait_until(lambda: _get(f"{self.url}/healthz") == 200, 30, "the API to start")
 
+    def start_another_api(self, **env: str) -> str:
+        """One more API process on the same servers (as behind a load balancer), with its own gRPC port unless
+        `env` gives one; returns its URL."""
+        port = free_port()
+        self.spawn("api", "api", "--port", str(port), env={"MLAPI_API__GRPC_PORT": str(free_port()), **env})
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _get(f"{url}/healthz") == 200, 30, "another API to start")
+        return url
+
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         worker = self.spawn("worker", "worker", *args)
         self.workers.append(worker)
@@ -192,6 +201,20 @@ class Stack:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mlapi keys ...` as an operator runs it, on the stack's database and broker."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlapi", "keys", *args], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+
+
+def create_key(stack: Stack, name: str, *options: str) -> str:
+    """A new API key made with `mlapi keys create`."""
+    done = keys(stack, "create", name, *options)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]  # the key, alone on the last line
 
 
 def _get(url: str) -> int | None:
@@ -218,6 +241,7 @@ def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLAPI_REDIS_URL=settings.require_redis_url(),
         MLAPI_DATABASE_URL=settings.database_url or "",
         MLAPI_LOG_LEVEL="INFO",
+        MLAPI_API__AUTH="off",  # the tests of access control turn it on
         MLAPI_API__GRPC_PORT=str(free_port()),
     )
     env.update(extra)

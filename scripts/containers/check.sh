@@ -42,6 +42,9 @@ MODEL=diabetes-risk
 OWN_PREFIX=check  # the own models: check-<runtime>-<classifier|regressor>
 HOST_PYTHON="$ROOT/.venv/bin/python"
 HOST_MLAPI="$ROOT/.venv/bin/mlapi"
+# The admin API key `migrate` creates from MLAPI_ADMIN_KEY: the smoke tests and the host's CLI send it.
+ADMIN_KEY="mlapi_$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+export MLAPI_API_KEY="$ADMIN_KEY"
 SAMPLE='{"gender":"Male","age":0,"hypertension":0,"heart_disease":0,"smoking_history":"current","bmi":0,"HbA1c_level":0,"blood_glucose_level":0}'
 
 STARTED=$SECONDS
@@ -230,6 +233,7 @@ POSTGRES_USER=mlapi
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 POSTGRES_DB=mlapi
 REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+MLAPI_ADMIN_KEY=$ADMIN_KEY
 API_PORT=$API_PORT
 WEB_PORT=$WEB_PORT
 PUBLISH_ADDRESS=127.0.0.1
@@ -317,7 +321,19 @@ up() {
 
 # ---- smoke tests -------------------------------------------------------------------------------------------
 
-http() { curl --silent --show-error --max-time "${HTTP_TIMEOUT_S:-20}" "$@"; }
+http() { curl --silent --show-error --max-time "${HTTP_TIMEOUT_S:-20}" -H "Authorization: Bearer $ADMIN_KEY" "$@"; }
+anonymous() { curl --silent --show-error --max-time "${HTTP_TIMEOUT_S:-20}" "$@"; }
+
+# Auth is required by default: without a key only the health checks answer.
+auth_required() {
+    local code
+    code="$(anonymous -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$SAMPLE" \
+        "http://127.0.0.1:$API_PORT/predict")"
+    ((code == 401)) || fail "POST /predict without a key answered $code, not 401"
+    code="$(anonymous -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz")"
+    ((code == 200)) || fail "GET /readyz without a key answered $code"
+    log "without a key: POST /predict 401, GET /readyz 200"
+}
 
 wait_ready() {
     local deadline=$((SECONDS + $1)) body
@@ -346,12 +362,20 @@ predict_and_read_back() {
 
 load_web() {
     has_web || { log "no web service: page not loaded"; return 0; }
-    local page
-    page="$(http --fail-with-body --location "http://127.0.0.1:$WEB_PORT/")" || fail "GET web /: $page"
+    local page jar="$WORK/web-cookies"
+    page="$(anonymous --fail-with-body --location "http://127.0.0.1:$WEB_PORT/")" || fail "GET web /: $page"
+    grep -q 'API key' <<<"$page" || fail "web / does not ask for an API key"
+    # Sign in as a browser does: the key in a form, kept in the session cookie.
+    page="$(anonymous --fail-with-body --location -c "$jar" -b "$jar" --data-urlencode "key=$ADMIN_KEY" \
+        --data-urlencode "next=/predict" "http://127.0.0.1:$WEB_PORT/signin")" || fail "web sign-in: $page"
+    grep -q 'Sign out' <<<"$page" || fail "web sign-in did not sign in"
+    log "web UI: asks for a key, signs in"
+    page="$(anonymous --fail-with-body --location -b "$jar" "http://127.0.0.1:$WEB_PORT/")" || fail "GET web /: $page"
     grep -qi '<html' <<<"$page" || fail "web / is not an HTML page"
     grep -qi "$MODEL\|HbA1c\|predict" <<<"$page" || fail "web / shows no prediction form"
     log "web UI: GET / -> $(wc -c <<<"$page") bytes of HTML with the prediction form"
-    page="$(http --fail-with-body --location "http://127.0.0.1:$WEB_PORT/history")" || fail "GET web /history: $page"
+    page="$(anonymous --fail-with-body --location -b "$jar" "http://127.0.0.1:$WEB_PORT/history")" \
+        || fail "GET web /history: $page"
     grep -qi '<html' <<<"$page" || fail "web /history is not an HTML page"
     log "web UI: GET /history -> $(wc -c <<<"$page") bytes of HTML"
 }
@@ -538,6 +562,7 @@ pip_config
 images
 step "compose up (ordered by health)" up
 step "API ready" wait_ready 60
+step "auth required" auth_required
 step "predict + read back" predict_and_read_back
 step "add own models, predict" own_models
 step "web page" load_web

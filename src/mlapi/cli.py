@@ -1,4 +1,5 @@
-"""`mlapi up | api | worker | web | migrate | train | models | bench`: build Settings once and hand them down."""
+"""`mlapi up | api | worker | web | migrate | keys | train | models | bench`: build Settings once and hand them
+down."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="serve the web UI")
     web.add_argument("--host")
     web.add_argument("--port", type=int)
-    commands.add_parser("migrate", help="bring the database schema up to date and seed the bundled models")
+    commands.add_parser(
+        "migrate",
+        help="bring the database schema up to date, seed the bundled models and the admin key (MLAPI_ADMIN_KEY)",
+    )
+    from mlapi.keys import add_parser as keys_parser
+
+    keys_parser(commands.add_parser("keys", help="create, list and revoke API keys (in PostgreSQL)"))
     train = commands.add_parser("train", help="train a model into the registry")
     train.add_argument("name", choices=["diabetes-risk", "iris"])
     train.add_argument("--data", type=Path, help="training data (CSV) for diabetes-risk")
@@ -88,6 +95,17 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     remove.add_argument("version", type=int, nargs="?")
 
 
+def _train(args: argparse.Namespace, settings: Settings) -> None:
+    from mlapi.models.train import train_named
+
+    out = args.out or settings.bundled_models_dir
+    spec = train_named(args.name, args.data, out, args.version, only_profile=args.profile_only)
+    if args.profile_only:
+        print(f"profiled {spec.name}: {out / spec.name / 'profile.json'}")
+    else:
+        print(f"trained {spec.name} v{spec.version}: {json.dumps(spec.metrics)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "models":  # a client of the API: it needs none of the services' settings
@@ -98,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
     )
+    if args.command == "keys":
+        from mlapi.keys import run as run_keys
+
+        raise SystemExit(run_keys(args, settings))
     if args.command == "up":
         from mlapi.up import run_up
 
@@ -121,17 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "migrate":
         from mlapi.storage.migrate import migrate
 
-        for line in migrate(settings.require_database_url(), settings.bundled_models_dir):
+        for line in migrate(settings.require_database_url(), settings.bundled_models_dir, settings.admin_key):
             print(line)
     elif args.command == "train":
-        from mlapi.models.train import train_named
-
-        out = args.out or settings.bundled_models_dir
-        spec = train_named(args.name, args.data, out, args.version, only_profile=args.profile_only)
-        if args.profile_only:
-            print(f"profiled {spec.name}: {out / spec.name / 'profile.json'}")
-        else:
-            print(f"trained {spec.name} v{spec.version}: {json.dumps(spec.metrics)}")
+        _train(args, settings)
     elif args.command == "bench":
         from mlapi.bench import run_bench
 
@@ -152,3 +167,9 @@ def _serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def columns(rows: list[list[str]]) -> str:
+    """A table for a terminal: the rows' cells aligned in columns (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

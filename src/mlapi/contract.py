@@ -56,6 +56,8 @@ class Job(msgspec.Struct, frozen=True):
     """Stream of the API process waiting for the answer."""
     created_at: datetime
     """When the API accepted the request; the history rows keep it."""
+    key: str | None = None
+    """The name of the API key that sent it (never the key); None with auth off. The history rows keep it."""
 
 
 class Validation(msgspec.Struct, frozen=True):

@@ -40,6 +40,10 @@ ALL_WORKERS = "mlapi:workers"
 """Sorted set of every worker by its last heartbeat (ms since the epoch), whatever it serves."""
 REGISTRY_EVENTS = "mlapi:registry:events"
 """Registry changes (a version added, promoted or removed); every process re-reads the registry on one."""
+RATE_LIMITS = "mlapi:rate"
+"""Prefix of the per-key rate limiters' windows (the `limits` library names its keys below it)."""
+KEY_EVENTS = "mlapi:keys:events"
+"""API keys created or revoked; every API process forgets what it cached about keys on one."""
 EVENTS_MAXLEN = 1000
 VALIDATION_TTL_S = 120
 """How long an uploaded artifact waits in Redis for a worker to load-check it."""
@@ -85,6 +89,11 @@ def reply_stream(api_id: str) -> str:
 
 def queued_key(prediction_id: str) -> str:
     return f"mlapi:queued:{prediction_id}"
+
+
+def idempotency_key(scope_sha256: str) -> str:
+    """The record of one idempotency key, by the SHA-256 of (API key, route, idempotency key)."""
+    return f"mlapi:idempotency:{scope_sha256}"
 
 
 def connect(url: str, *, read_timeout_s: float | None = 5.0) -> Redis:
@@ -133,7 +142,9 @@ async def mark_queued(redis: Redis, job: Job) -> None:
 
 
 def _mark(pipe: Pipeline, job: Job) -> None:
-    marker = json.dumps({"model": job.model, "version": job.version, "created_at": job.created_at.isoformat()})
+    marker = json.dumps(
+        {"model": job.model, "version": job.version, "created_at": job.created_at.isoformat(), "key": job.key}
+    )
     for row in job.rows:
         pipe.set(queued_key(row.id), marker, ex=QUEUED_TTL_S)
 
@@ -228,6 +239,31 @@ async def read_new(redis: Redis, consumer: str, keys: Sequence[Key], count: int,
         for entry_id, fields in entries
         if fields is not None
     ]
+
+
+async def read_own(redis: Redis, consumer: str, keys: Sequence[Key], count: int) -> list[Delivery]:
+    """Up to `count` entries already delivered to this consumer and not acknowledged, with their delivery
+    counts: what a read whose reply was lost (a timeout, a paused process, a dropped connection) left
+    pending here, which no other worker would reclaim before the visibility timeout. Read from the pending
+    list and the stream, since XREADGROUP from 0 would count another delivery, and a lost reply is none."""
+    found: list[Delivery] = []
+    for key in keys:
+        stream = request_stream(*key)
+        held = await redis.xpending_range(stream, GROUP, "-", "+", count - len(found), consumername=consumer)
+        if not held:
+            continue
+        async with redis.pipeline(transaction=False) as pipe:
+            for entry in held:
+                pipe.xrange(stream, entry["message_id"], entry["message_id"])
+            ranges = await pipe.execute()
+        for entry, read in zip(held, ranges, strict=True):
+            for entry_id, fields in read:  # none when the entry was deleted meanwhile
+                delivery = Delivery.of(key, entry_id, fields)
+                delivery.deliveries = int(entry["times_delivered"])
+                found.append(delivery)
+        if len(found) >= count:
+            break
+    return found
 
 
 def stream_items(response: Any) -> list[tuple[bytes, list[Any]]]:
@@ -406,17 +442,37 @@ async def announce(redis: Redis, kind: str, model: str, version: int | None = No
     await redis.xadd(REGISTRY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
 
 
-async def last_event_id(redis: Redis) -> str:
-    newest: list[tuple[bytes, Any]] = await redis.xrevrange(REGISTRY_EVENTS, count=1)  # type: ignore[assignment]
+async def announce_key(redis: Redis, kind: str, name: str) -> None:
+    """Tell every API process a key was `created` or `revoked` (by name; never the key)."""
+    await redis.xadd(KEY_EVENTS, {"kind": kind, "name": name}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+
+async def last_event_id(redis: Redis, stream: str = REGISTRY_EVENTS) -> str:
+    newest: list[tuple[bytes, Any]] = await redis.xrevrange(stream, count=1)  # type: ignore[assignment]
     return _text(newest[0][0]) if newest else "0-0"
 
 
-async def wait_for_events(redis: Redis, after: str, block_ms: int) -> tuple[str, int]:
-    """Block until registry events newer than `after` arrive or `block_ms` passes; returns the newest id seen
-    and how many events arrived."""
-    response = await redis.xread({REGISTRY_EVENTS: after}, count=100, block=block_ms)
+async def wait_for_events(redis: Redis, after: str, block_ms: int, stream: str = REGISTRY_EVENTS) -> tuple[str, int]:
+    """Block until events newer than `after` arrive on an event stream (the registry's by default) or
+    `block_ms` passes; returns the newest id seen and how many events arrived."""
+    response = await redis.xread({stream: after}, count=100, block=block_ms)
     entries = [entry for _stream, items in stream_items(response) for entry in items]
     return (_text(entries[-1][0]) if entries else after), len(entries)
+
+
+# ---- idempotency keys -----------------------------------------------------------------------------------
+
+
+async def claim(redis: Redis, scope_sha256: str, record: bytes, ttl_s: int) -> bytes | None:
+    """Store the record of an idempotency key unless one exists, in one command (SET NX GET): None when this
+    request claimed it, else the first request's record."""
+    existing = await redis.set(idempotency_key(scope_sha256), record, nx=True, ex=ttl_s, get=True)
+    return existing if isinstance(existing, bytes) else None
+
+
+async def release(redis: Redis, scope_sha256: str) -> None:
+    """Forget an idempotency key whose request was refused before it was queued, so a retry is served."""
+    await redis.delete(idempotency_key(scope_sha256))
 
 
 # ---- artifact validation ---------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class PredictionRecord(BaseModel):
     error: str | None
     created_at: datetime | None
     completed_at: datetime | None
+    key: str | None = Field(None, description="Name of the API key that made it (null: made with auth off)")
     feedback: Feedback | None = Field(None, description="The ground truth given for it, if any")
 
 
@@ -127,6 +128,16 @@ class DefaultVersion(BaseModel):
 
 class Error(BaseModel):
     detail: object
+
+
+class Caller(BaseModel):
+    """`GET /me`: the key a request carries, and what it may do."""
+
+    key: str | None = Field(description="The key's name; null when auth is off")
+    admin: bool
+    models: list[str] | None = Field(description="The models it may use; null: every model")
+    rate: str | None = Field(description="Its rate limit, e.g. 100/s; null: none")
+    auth: Literal["off", "required"]
 
 
 class ErrorWithIds(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -43,6 +43,19 @@ class ApiSettings(BaseModel):
     Valkey with `appendonly yes`; the API refuses to start on a broker that cannot, unless `off`."""
     durable_timeout_ms: int = Field(2000, ge=1, le=4000)
     """How long an enqueue waits for the broker's fsync (durable_accept) before the request gets a 503."""
+    auth: Literal["off", "required"] = "required"
+    """`required`: every request but the health checks carries an API key (`mlapi keys create`), sees only its
+    own history and is held to its rate limit; `off`: anyone who reaches the port may do anything (`mlapi up`
+    on a loopback address defaults to it)."""
+    metrics_access: Literal["open", "admin"] = "open"
+    """Who may read `/metrics` and `/backlog` when auth is required: anyone (a Prometheus scraper or the
+    workers' autoscaler without a key), or admin keys only."""
+    key_cache_s: float = Field(5.0, gt=0, le=60)
+    """How long an API process trusts what it looked up about a key; a revocation or a new key is announced
+    on a Redis stream and seen at once, so this only bounds how late an announcement missed during a broker
+    outage is."""
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    """How long an `Idempotency-Key` is remembered: a retry within it gets the first request's ids and answer."""
 
 
 class WorkerSettings(BaseModel):
@@ -128,6 +141,9 @@ class Settings(BaseSettings):
     seeds them into the registry, which lives in PostgreSQL."""
     registry_refresh_s: float = Field(5.0, gt=0)
     """Every process re-reads the registry at least this often, as the backstop to its change events."""
+    admin_key: SecretStr | None = None
+    """An admin API key named `admin` that `mlapi migrate` creates (or gives this secret, when it changed):
+    how compose and Kubernetes provision the first key from a secret. At least 32 characters."""
     log_level: str = "INFO"
     """Log level of every service."""
     api: ApiSettings = ApiSettings()

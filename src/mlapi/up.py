@@ -4,6 +4,7 @@ compose's `restart: unless-stopped`) and stopped together by Ctrl-C."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import select
 import signal
@@ -50,21 +51,21 @@ def planned_ports(settings: Settings) -> list[Port]:
         ports.append(Port(settings.web.port, settings.web.host, "the web UI", "MLAPI_WEB__PORT", "MLAPI_WEB__HOST"))
     if not settings.redis_url:
         ports.append(Port(settings.up.redis_port, EMBEDDED_HOST, "the embedded Redis", "MLAPI_UP__REDIS_PORT"))
-    if not settings.database_url and not _postgres_running(settings):
+    if not settings.database_url and not postgres_running(settings):
         ports.append(
             Port(settings.up.postgres_port, EMBEDDED_HOST, "the embedded PostgreSQL", "MLAPI_UP__POSTGRES_PORT")
         )
     return ports
 
 
-def _postgres_dir(settings: Settings) -> Path:
+def postgres_dir(settings: Settings) -> Path:
     return settings.up.data_dir.resolve() / "postgres"
 
 
-def _postgres_running(settings: Settings) -> bool:
+def postgres_running(settings: Settings) -> bool:
     """Whether our own PostgreSQL, left by an `mlapi up` that was killed, holds its port: it is reused, no clash."""
     try:
-        lines = (_postgres_dir(settings) / "pgdata" / "postmaster.pid").read_text().splitlines()
+        lines = (postgres_dir(settings) / "pgdata" / "postmaster.pid").read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
         os.kill(pid, 0)
     except (OSError, ValueError, IndexError):
@@ -117,6 +118,28 @@ def local_url(host: str, port: int) -> str:
     """The URL a browser or a client on this machine uses to reach a server bound to `host`."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def auth_default(settings: Settings) -> tuple[str, str]:
+    """The API's auth mode under `mlapi up` and the line saying so: as set (`MLAPI_API__AUTH`), else `off` on a
+    loopback address (nobody else can reach it) and `required` on any other."""
+    host = settings.api.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if "auth" in settings.api.model_fields_set:
+        auth = settings.api.auth
+        reason = "MLAPI_API__AUTH"
+    else:
+        auth = "off" if loopback else "required"
+        reason = f"default on {'a loopback' if loopback else 'a non-loopback'} address ({host})"
+    if auth == "off":
+        return (
+            auth,
+            f"Auth     off ({reason}): anyone who reaches the API may use it; MLAPI_API__AUTH=required turns it on",
+        )
+    return auth, f"Auth     required ({reason}): make a key with `mlapi keys create NAME --admin`"
 
 
 def next_backoff(previous_s: float, uptime_s: float) -> float:
@@ -243,7 +266,7 @@ def _run(settings: Settings) -> None:
             servers.callback(redis.stop)
             redis_url = redis.url
         if not database_url:
-            postgres = PostgresServer(_postgres_dir(settings), settings.up.postgres_port).start()
+            postgres = PostgresServer(postgres_dir(settings), settings.up.postgres_port).start()
             servers.callback(postgres.stop)
             database_url = postgres.url
         settings = settings.model_copy(update={"redis_url": redis_url, "database_url": database_url})
@@ -251,7 +274,8 @@ def _run(settings: Settings) -> None:
 
         for line in migrate(settings.require_database_url(), settings.bundled_models_dir):
             print(line, flush=True)
-        env = {**os.environ, "MLAPI_REDIS_URL": redis_url, "MLAPI_DATABASE_URL": database_url}
+        auth, auth_line = auth_default(settings)
+        env = {**os.environ, "MLAPI_REDIS_URL": redis_url, "MLAPI_DATABASE_URL": database_url, "MLAPI_API__AUTH": auth}
         print(f"mlapi: data in {data_dir}\n  redis      {redis_url}\n  postgres   {database_url}", flush=True)
         api = local_url(settings.api.host, settings.api.port)
         services = [Service("api", ["api"], env)]
@@ -268,6 +292,7 @@ def _run(settings: Settings) -> None:
                 if settings.api.grpc_port:
                     grpc = local_url(settings.api.host, settings.api.grpc_port).removeprefix("http://")
                     print(f"gRPC     {grpc}  (Open Inference Protocol v2)", flush=True)
+                print(auth_line, flush=True)
                 if settings.up.web:
                     print(f"Web UI   {local_url(settings.web.host, settings.web.port)}", flush=True)
                 print("Ctrl-C stops everything; a service that dies is restarted.", flush=True)

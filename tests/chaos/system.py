@@ -147,6 +147,7 @@ class System:
             MLAPI_LOG_LEVEL="INFO",
             MLAPI_API__REQUEST_TIMEOUT_S=str(REQUEST_TIMEOUT_S),
             MLAPI_API__GRPC_PORT="0",
+            MLAPI_API__AUTH="off",
             MLAPI_WORKER__VISIBILITY_TIMEOUT_MS=str(VISIBILITY_TIMEOUT_MS),
             MLAPI_WORKER__PREDICT_TIMEOUT_S=str(PREDICT_TIMEOUT_S),
             MLAPI_WORKER__RUNTIME_PLUGINS=json.dumps({faults.RUNTIME: "tests.chaos.faults"}),

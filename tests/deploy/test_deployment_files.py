@@ -98,8 +98,18 @@ def test_every_variable_compose_reads_is_in_env_example() -> None:
     listed = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", example, re.M))
     assert used - listed == set()
     # Secrets are required from .env, never defaulted in compose.yaml.
-    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MLAPI_ADMIN_KEY"):
         assert re.search(rf"\$\{{{secret}:\?", COMPOSE.read_text()), secret
+
+
+def test_compose_and_kubernetes_require_api_keys(services: dict[str, Any]) -> None:
+    assert services["api"]["environment"]["MLAPI_API__AUTH"] == "${MLAPI_API__AUTH:-required}"
+    assert "MLAPI_ADMIN_KEY" in services["migrate"]["environment"]  # the first admin key, from a secret
+    assert load(KUBERNETES / "base" / "configmap.yaml")["data"]["MLAPI_API__AUTH"] == "required"
+    secret = load(KUBERNETES / "overlays" / "example" / "secret.yaml")["stringData"]
+    assert len(secret["MLAPI_ADMIN_KEY"]) >= 32
+    # KEDA's trigger carries no key: the backlog stays open unless an operator closes it.
+    assert load(KUBERNETES / "base" / "configmap.yaml")["data"]["MLAPI_API__METRICS_ACCESS"] == "open"
 
 
 def test_keda_scales_the_workers_on_the_backlog_the_api_reports() -> None:

@@ -7,7 +7,10 @@ tritonclient.grpc registers the protocol's messages in protobuf's default pool, 
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeAlias
 
 import grpc
@@ -331,24 +334,28 @@ def test_bad_requests_are_400s(http: httpx.Client, rows: pd.DataFrame) -> None:
     assert "Content-Encoding" in refused(b"\x1f\x8b", {"Content-Encoding": "gzip"})
 
 
+def typed_request(row: pd.Series, **changes: Any) -> service_pb2.ModelInferRequest:
+    """A diabetes-risk row in a gRPC request's typed contents, with some inputs changed (`changes[name](tensor)`)."""
+    message = service_pb2.ModelInferRequest(model_name="diabetes-risk")
+    for name, value in row.items():
+        tensor = message.inputs.add(name=name, shape=[1])
+        if isinstance(value, str):
+            tensor.datatype, tensor.contents.bytes_contents[:] = "BYTES", [value.encode()]
+        elif name in ("hypertension", "heart_disease"):
+            tensor.datatype, tensor.contents.int64_contents[:] = "INT64", [int(value)]
+        else:
+            tensor.datatype, tensor.contents.fp64_contents[:] = "FP64", [float(value)]
+        if name in changes:
+            changes[name](tensor)
+    return message
+
+
 def test_bad_grpc_input_is_invalid_argument_naming_it(stack: Stack, rows: pd.DataFrame) -> None:
     with grpc.insecure_channel(stack.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
         def request(**changes: Any) -> service_pb2.ModelInferRequest:
-            """diabetes-risk's first row in typed contents, with some inputs changed."""
-            message = service_pb2.ModelInferRequest(model_name="diabetes-risk")
-            for name, value in rows.iloc[0].items():
-                tensor = message.inputs.add(name=name, shape=[1])
-                if isinstance(value, str):
-                    tensor.datatype, tensor.contents.bytes_contents[:] = "BYTES", [value.encode()]
-                elif name in ("hypertension", "heart_disease"):
-                    tensor.datatype, tensor.contents.int64_contents[:] = "INT64", [int(value)]
-                else:
-                    tensor.datatype, tensor.contents.fp64_contents[:] = "FP64", [float(value)]
-                if name in changes:
-                    changes[name](tensor)
-            return message
+            return typed_request(rows.iloc[0], **changes)
 
         answer = stub.ModelInfer(request())  # typed contents are a valid request
         assert [o.name for o in answer.outputs] == ["prediction", "label", "probabilities", "prediction_ids"]
@@ -378,3 +385,47 @@ def test_bad_grpc_input_is_invalid_argument_naming_it(stack: Stack, rows: pd.Dat
         versioned = request()
         versioned.model_version = "3"
         assert "no version 3" in refused(versioned, grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_frozen_worker_means_504s_with_ids_then_503s_at_once(stack: Stack, rows: pd.DataFrame) -> None:
+    """While the only worker is frozen (SIGSTOP) but still counts as live, requests wait and time out: 504 and
+    DEADLINE_EXCEEDED, with their ids. Once its heartbeat is stale, requests are refused at once: 503 with
+    Retry-After, and UNAVAILABLE. Thawed, it answers what waited: every id given out ends `done`, before the
+    visibility timeout (30 s) would let a reclaim find an entry the frozen read had taken and lost."""
+    (worker,) = stack.workers
+    url = f"{stack.url}/v2/models/diabetes-risk/infer"
+    with (
+        grpc.insecure_channel(stack.grpc_url) as channel,
+        httpx.Client(timeout=60) as http,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        message = typed_request(rows.iloc[0])
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            late_rest = pool.submit(http.post, url, json=body(rows.head(1)))
+            late_grpc = pool.submit(stub.ModelInfer, message)
+            wait_until(lambda: http.get(f"{stack.url}/v2/models/diabetes-risk/ready").status_code != 200, 30, "stale")
+            refused = http.post(url, json=body(rows.head(1)))
+            assert refused.status_code == 503 and "no live worker" in refused.json()["error"], refused.text
+            assert float(refused.headers["Retry-After"]) > 0
+            with pytest.raises(grpc.RpcError) as unavailable:
+                stub.ModelInfer(message)
+            assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE, unavailable.value.details()
+
+            timed_out = late_rest.result()
+            assert timed_out.status_code == 504, timed_out.text
+            ids = timed_out.json()["ids"]
+            with pytest.raises(grpc.RpcError) as deadline:
+                late_grpc.result()
+            assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, deadline.value.details()
+            ids += re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", str(deadline.value.details()))
+            assert len(ids) == 2
+        finally:
+            worker.send_signal(signal.SIGCONT)
+
+        def done() -> bool:
+            return all(http.get(f"{stack.url}/predictions/{i}").json().get("status") == "done" for i in ids)
+
+        wait_until(done, 20, "every id given out to be done")
+        stack.wait_ready()

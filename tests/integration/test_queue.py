@@ -101,6 +101,18 @@ async def test_a_read_entry_stays_pending_until_acknowledged(redis: Redis) -> No
     assert await queue.queued(redis, job(2).rows[0].id) is not None
 
 
+async def test_a_consumer_reads_back_what_it_was_delivered_and_did_not_acknowledge(redis: Redis) -> None:
+    await queue.ensure_groups(redis, [queue.request_stream(*KEY), queue.request_stream(*V2)])
+    for n, key in [(1, KEY), (2, V2), (3, KEY)]:
+        await queue.enqueue(redis, job(n, key), track=False)
+    lost = await queue.read_new(redis, "w1", [KEY, V2], 10, 100)  # a reply its reader never saw
+    assert await queue.read_own(redis, "w2", [KEY, V2], 10) == []  # only one's own
+    again = await queue.read_own(redis, "w1", [KEY, V2], 10)
+    assert sorted((d.key, d.entry_id, d.deliveries) for d in again) == sorted((d.key, d.entry_id, 1) for d in lost)
+    await queue.finish(redis, again[:2], [])
+    assert [d.entry_id for d in await queue.read_own(redis, "w1", [KEY, V2], 10)] == [again[2].entry_id]
+
+
 async def test_acknowledgements_go_to_each_versions_stream(redis: Redis) -> None:
     await queue.ensure_groups(redis, [queue.request_stream(*KEY), queue.request_stream(*V2)])
     await queue.enqueue(redis, job(1, KEY), track=False)

@@ -36,6 +36,7 @@ def row(n: int, created_at: datetime | None = None, model: str = "diabetes-risk"
         "error": None,
         "created_at": created_at or T0 + timedelta(seconds=n),
         "completed_at": T0,
+        "key": None,
         **change,
     }
 
@@ -117,3 +118,33 @@ async def test_the_migrations_build_the_tables_the_code_uses(engine: AsyncEngine
     async with engine.connect() as conn:
         diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
     assert diff == []
+
+
+async def test_a_key_reads_only_its_own_rows_whatever_the_cursor(repository: PredictionRepository) -> None:
+    await repository.add([row(n, key="alice" if n % 2 else "bob") for n in range(1, 11)])
+    alice = Filters(key="alice")
+    first, cursor = await repository.page(alice, 2)
+    assert [r["key"] for r in first] == ["alice", "alice"] and cursor is not None
+    rest, _ = await repository.page(alice, 10, cursor)
+    assert {r["key"] for r in rest} == {"alice"} and len(first) + len(rest) == 5
+    # A cursor pointing after bob's newest row still pages alice's rows only.
+    bobs_newest = (await repository.page(Filters(key="bob"), 1))[0][0]
+    forged = Cursor(bobs_newest["created_at"], str(bobs_newest["id"]))
+    assert {r["key"] for r in (await repository.page(alice, 10, forged))[0]} == {"alice"}
+    assert len((await repository.page(Filters(), 20))[0]) == 10  # no key: every row (an admin)
+    assert await repository.get(str(uuid.UUID(int=1)), "bob") is None
+    assert await repository.get(str(uuid.UUID(int=1)), "alice") is not None
+    assert len(await repository.get_many([str(uuid.UUID(int=n)) for n in (1, 2, 3)], "alice")) == 2
+
+
+async def test_paging_one_keys_history_uses_its_index(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SET enable_seqscan = off"))  # a tiny table: ask what the planner can use
+        plan = await conn.execute(
+            sa.text(
+                "EXPLAIN SELECT * FROM predictions WHERE key = 'alice' AND (created_at, id) < (now(), "
+                "'00000000-0000-0000-0000-000000000000') ORDER BY created_at DESC, id DESC LIMIT 51"
+            )
+        )
+        text = "\n".join(r[0] for r in plan)
+    assert "ix_predictions_key_created" in text and "Sort" not in text

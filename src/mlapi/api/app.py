@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from mlapi import queue
 from mlapi.api import openapi
+from mlapi.api.access import Keys, RateLimits
 from mlapi.api.dataplane import DataPlane
 from mlapi.api.dispatcher import READER, ReplyDispatcher
 from mlapi.api.errors import add_error_handlers
@@ -26,10 +27,11 @@ from mlapi.api.routes import history, meta, models, predict, quality
 from mlapi.faults import Faults
 from mlapi.oip import rest as oip_rest
 from mlapi.settings import Settings
+from mlapi.storage.keys import KeyRepository
 from mlapi.storage.quality import QualityRepository
 from mlapi.storage.registry import RegistryRepository
 from mlapi.storage.repository import PredictionRepository, engine_for
-from mlapi.watch import TASK, RegistryWatch
+from mlapi.watch import KEY_TASK, TASK, EventWatch, RegistryWatch, key_watch
 
 log = logging.getLogger("mlapi.api")
 
@@ -47,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         registry = RegistryRepository(engine)
         metrics = Metrics()
         metrics.max_backlog.set(settings.api.max_backlog)
-        for task in (READER, TASK):
+        for task in (READER, TASK, KEY_TASK):
             metrics.task_restarts.labels(task)  # every task's series exists from the start, at 0
 
         def restarted(task: str) -> None:
@@ -59,17 +61,25 @@ def create_app(settings: Settings) -> FastAPI:
         # check or an outage left behind, and no queue behind a pool busy with history reads, decides it.
         timeouts = {"timeout": PROBE_TIMEOUT_S, "command_timeout": PROBE_TIMEOUT_S}
         probe = create_async_engine(database_url, poolclass=NullPool, connect_args=timeouts)
-        dp = DataPlane(settings, redis, PredictionRepository(engine), registry, dispatcher, metrics, probe)
+        keys, rate_limits, keys_watch = None, None, None
+        if settings.api.auth == "required":
+            keys, rate_limits = Keys(KeyRepository(engine), settings.api.key_cache_s), RateLimits(redis)
+            keys_watch = key_watch(redis_url, keys.forget, restarted)
+        dp = DataPlane(
+            settings, redis, PredictionRepository(engine), registry, dispatcher, metrics, probe, keys, rate_limits
+        )
         dp.listeners.append(lambda: openapi.reset(app))
         watch = RegistryWatch(redis_url, registry, settings.registry_refresh_s, dp.apply, restarted)
         dp.refresh = watch.refresh
+        watches: list[EventWatch] = [watch, *([keys_watch] if keys_watch else [])]
         app.state.dataplane = dp  # for the OpenAPI document, which has no request
         grpc_server = None
         try:
             await _check_durability(redis, settings.api.durable_accept)
             faults.install()
             dispatcher.start()
-            await watch.start()
+            for w in watches:
+                await w.start()
             if settings.api.grpc_port:
                 # Imported only to serve: its messages go into protobuf's default pool, which tritonclient.grpc
                 # fills with the same names, so a process (a test run) importing the app can still use that client.
@@ -81,7 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(oip_server.STOP_GRACE_S)
             faults.uninstall()
-            await watch.stop()
+            for w in watches:
+                await w.stop()
             await dispatcher.stop()
             await redis.aclose()
             await engine.dispose()
@@ -101,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_error_handlers(app)
     if settings.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type"])  # fmt: skip
+                           allow_headers=["Content-Type", "Authorization", "X-API-Key", "Idempotency-Key"])  # fmt: skip
     app.add_middleware(
         BodyLimit, max_bytes=settings.api.max_body_bytes, max_upload_bytes=settings.api.max_artifact_bytes
     )

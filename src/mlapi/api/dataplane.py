@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -24,6 +25,20 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mlapi import queue, runtimes
+from mlapi.api.access import (
+    ANONYMOUS,
+    Caller,
+    Forbidden,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    InvalidIdempotencyKey,
+    Keys,
+    RateLimited,
+    RateLimits,
+    Unauthenticated,
+    rows_digest,
+    scope_digest,
+)
 from mlapi.api.dispatcher import BrokerUnavailable, PredictionTimeout, ReplyDispatcher
 from mlapi.api.metrics import Metrics
 from mlapi.contract import Job, Reply, Result, Row, Timings, Validation, Value
@@ -33,7 +48,10 @@ from mlapi.settings import Settings
 from mlapi.storage.registry import Conflict, Model, NotFound, RegistryRepository, Snapshot, Version, sha256
 from mlapi.storage.repository import PredictionRepository
 
-__all__ = ["BrokerUnavailable", "Conflict", "NotFound", "PredictionTimeout"]
+__all__ = [
+    "ANONYMOUS", "BrokerUnavailable", "Caller", "Conflict", "Forbidden", "IdempotencyConflict", "IdempotencyMismatch",
+    "InvalidIdempotencyKey", "NotFound", "PredictionTimeout", "RateLimited", "Unauthenticated",
+]  # fmt: skip
 
 log = logging.getLogger("mlapi.api")
 
@@ -73,6 +91,14 @@ class PredictionFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Idempotent:
+    """A request's idempotency key and the route it came by (keys are scoped per API key and route)."""
+
+    route: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Inferred:
     """The answers to one request, in the order of its rows."""
 
@@ -108,6 +134,8 @@ class DataPlane:
         dispatcher: ReplyDispatcher,
         metrics: Metrics,
         probe: AsyncEngine,
+        keys: Keys | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -117,6 +145,9 @@ class DataPlane:
         self.metrics = metrics
         self.probe = probe
         """An engine without a pool, for readiness: each check is a new connection, sharing no state."""
+        self.keys = keys
+        """Who presented keys belong to; None with auth off."""
+        self.rate_limits = rate_limits
         self.snapshot: Snapshot = {}
         self.refresh: Callable[[], Awaitable[None]] | None = None
         """Re-reads the registry at once (the app's watch); set by the app."""
@@ -186,6 +217,37 @@ class DataPlane:
         async with self.probe.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
+    # ---- access -------------------------------------------------------------------------------------------
+
+    async def authenticate(self, key: str | None) -> Caller:
+        """The caller presenting `key` (the raw credential: `access.credential` of a header or metadata), its
+        request counted against its rate limit; with auth off, the anonymous admin."""
+        if self.keys is None:
+            return ANONYMOUS
+        try:
+            caller = await self.keys.caller(key)
+        except Unauthenticated:
+            self.metrics.unauthenticated.inc()
+            raise
+        if self.rate_limits is not None:
+            try:
+                await self.rate_limits.hit(caller)
+            except RateLimited:
+                self.metrics.rate_limited.labels(caller.name or "").inc()
+                raise
+        return caller
+
+    def permit(self, caller: Caller, *, model: str | None = None, admin: str | None = None) -> None:
+        """Refuse (`Forbidden`) a caller using a model it is not given, or taking an admin action."""
+        try:
+            if model is not None:
+                caller.require_model(model)
+            if admin is not None:
+                caller.require_admin(admin)
+        except Forbidden:
+            self.metrics.forbidden.labels(caller.name or "").inc()
+            raise
+
     # ---- inference ------------------------------------------------------------------------------------------
 
     def validate(self, spec: ModelSpec, items: Sequence[Any]) -> list[dict[str, Value]]:
@@ -201,10 +263,22 @@ class DataPlane:
             raise InvalidInput(errors)
         return rows
 
-    async def infer(self, spec: ModelSpec, rows: list[dict[str, Value]], wait: bool) -> Inferred | Queued:
-        """Queue validated rows for a version; with `wait`, answer them, else return their ids at once."""
+    async def infer(
+        self,
+        spec: ModelSpec,
+        rows: list[dict[str, Value]],
+        wait: bool,
+        caller: Caller,
+        idempotent: Idempotent | None = None,
+    ) -> Inferred | Queued:
+        """Queue validated rows for a version; with `wait`, answer them, else return their ids at once.
+
+        With an idempotency key, the first request is served; a repeat with the same rows gets the first one's
+        answer rebuilt from the history (`IdempotencyConflict` while it is in flight), one with other rows
+        `IdempotencyMismatch`.
+        """
         name = spec.name
-        await self.admit((name, spec.version))
+        self.permit(caller, model=name)
         job = Job(
             id=uuid.uuid4().hex,
             model=name,
@@ -212,7 +286,46 @@ class DataPlane:
             rows=[Row(id=str(uuid.uuid4()), features=f) for f in rows],
             reply_to=self.dispatcher.stream,
             created_at=datetime.now(UTC),
+            key=caller.name,
         )
+        claimed = None
+        if idempotent is not None:
+            claimed = scope_digest(caller, idempotent.route, idempotent.key)
+            first = await queue.claim(self.redis, claimed, self._record(job, rows), self.settings.api.idempotency_ttl_s)
+            if first is not None:
+                return await self._replay(first, rows, caller)
+        try:
+            return await self._queue(spec, job, wait)
+        except (Unavailable, BrokerUnavailable):  # refused, or perhaps never queued: a retry is served afresh
+            if claimed is not None:
+                with contextlib.suppress(RedisError):
+                    await queue.release(self.redis, claimed)
+            raise
+
+    @staticmethod
+    def _record(job: Job, rows: list[dict[str, Value]]) -> bytes:
+        ids = [r.id for r in job.rows]
+        record = {"rows": rows_digest(rows), "model": job.model, "version": job.version, "ids": ids, "job": job.id}
+        return orjson.dumps(record)
+
+    async def _replay(self, record: bytes, rows: list[dict[str, Value]], caller: Caller) -> Inferred:
+        """The answer to the first request made with an idempotency key, from the history."""
+        first = orjson.loads(record)
+        ids: list[str] = first["ids"]
+        if first["rows"] != rows_digest(rows):
+            raise IdempotencyMismatch("this Idempotency-Key was used with other rows; use a new key for new rows")
+        stored = {str(r["id"]): r for r in await self.predictions.get_many(ids, caller.name)}
+        if len(stored) < len(ids):
+            raise IdempotencyConflict("the first request with this Idempotency-Key is still in flight", ids)
+        spec = self.version(first["model"], first["version"]).spec
+        results = [_result(stored[i]) for i in ids]
+        if errors := sorted({r.error for r in results if r.error}):
+            raise PredictionFailed(Reply(id="", results=results, error="; ".join(errors)))
+        return Inferred(spec, stored[ids[0]]["created_at"], results, None, first["job"])
+
+    async def _queue(self, spec: ModelSpec, job: Job, wait: bool) -> Inferred | Queued:
+        name = spec.name
+        await self.admit((name, spec.version))
         durable = self.settings.api.durable_accept
         if not wait:
             try:
@@ -356,6 +469,15 @@ def _profile(body: SpecBody, profile_json: str | None) -> Profile | None:
     except ValueError as e:
         raise Refused(f"invalid profile: {e}") from None
     return profile
+
+
+def _result(row: dict[str, Any]) -> Result:
+    """A history row as the answer it was."""
+    prediction = row["value"] if row["task"] == "regression" else row["prediction"]
+    return Result(
+        id=str(row["id"]), prediction=prediction, label=row["label"], probability=row["probability"],
+        probabilities=row["probabilities"], warnings=row["warnings"], error=row["error"],
+    )  # fmt: skip
 
 
 def _describe(e: ValidationError) -> str:

@@ -18,11 +18,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from mlapi.api.dataplane import (
     BrokerUnavailable,
     Conflict,
+    Forbidden,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    InvalidIdempotencyKey,
     InvalidInput,
     NotFound,
     PredictionFailed,
     PredictionTimeout,
+    RateLimited,
     Refused,
+    Unauthenticated,
     Unavailable,
 )
 from mlapi.api.limits import BodyTooLarge
@@ -34,6 +40,8 @@ log = logging.getLogger("mlapi.api")
 
 RETRY_AFTER_S = 1.0
 """How long a 503 tells the client to wait before trying again, where its error does not say."""
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="mlapi"'}
+"""What a 401 names: the scheme its key goes in (`X-API-Key` works too)."""
 
 
 class MalformedBody(Exception):
@@ -41,8 +49,16 @@ class MalformedBody(Exception):
 
 
 def retry_after(exc: Exception) -> dict[str, str]:
-    """The Retry-After header every 503 carries, in whole seconds."""
+    """The Retry-After header every 409, 429 and 503 carries, in whole seconds."""
     return {"Retry-After": str(max(1, math.ceil(getattr(exc, "retry_after_s", RETRY_AFTER_S))))}
+
+
+def error_headers(status: int, exc: Exception) -> dict[str, str] | None:
+    """What an error's answer tells the client beyond its body: when to try again (503, 429, and a 409 of a
+    request in flight), or which credentials a 401 wants."""
+    if status == 503 or hasattr(exc, "retry_after_s"):
+        return retry_after(exc)
+    return WWW_AUTHENTICATE if status == 401 else None
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -56,15 +72,17 @@ def add_error_handlers(app: FastAPI) -> None:
             ids = getattr(exc, "ids", None)
             if with_ids and ids:
                 body.update({"id": ids[0]} if len(ids) == 1 else {"ids": ids})
-            return json_response(body, status, retry_after(exc) if status == 503 else None)
+            return json_response(body, status, error_headers(status, exc))
 
         return handle
 
     for exc, status in (
-        (MalformedBody, 400), (InvalidCursor, 400), (NotFound, 404), (Conflict, 409), (BodyTooLarge, 413),
-        (Refused, 422), (InvalidQuery, 422), (LabelRefused, 422), (Unavailable, 503),
+        (MalformedBody, 400), (InvalidCursor, 400), (InvalidIdempotencyKey, 400), (Unauthenticated, 401),
+        (Forbidden, 403), (NotFound, 404), (Conflict, 409), (BodyTooLarge, 413), (Refused, 422),
+        (IdempotencyMismatch, 422), (InvalidQuery, 422), (LabelRefused, 422), (RateLimited, 429), (Unavailable, 503),
     ):  # fmt: skip
         app.add_exception_handler(exc, handler(status))
+    app.add_exception_handler(IdempotencyConflict, handler(409, with_ids=True))
     app.add_exception_handler(PredictionFailed, handler(422, with_ids=True))  # the model is pure: the input's fault
     app.add_exception_handler(BrokerUnavailable, handler(503, with_ids=True))
     app.add_exception_handler(PredictionTimeout, handler(504, with_ids=True))

@@ -36,6 +36,21 @@ class Metrics:
             "mlapi_batch_rows", "Rows in the batch each answered request was predicted in",
             buckets=ROW_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.unauthenticated = Counter(
+            "mlapi_unauthenticated",
+            "Requests refused for a missing, unknown or revoked API key",
+            registry=self.registry,
+        )
+        self.forbidden = Counter(
+            "mlapi_forbidden", "Requests refused because their key may not do that, by key", ["key"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            "mlapi_rate_limited",
+            "Requests refused over their key's rate limit, by key",
+            ["key"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge("mlapi_in_flight", "Requests waiting for their answer", registry=self.registry)
         self.max_backlog = Gauge(
             "mlapi_max_backlog", "Admission limit: requests waiting per model version above which new ones get "

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from mlapi.api.dataplane import DataPlane
+from mlapi.api.routes import SECURITY
 from mlapi.models.spec import ModelSpec
 from mlapi.schemas import Accepted, BatchAccepted, BatchOut, Error, ErrorWithIds, PredictionOut
 
@@ -32,20 +33,34 @@ def _json(*models: type[BaseModel]) -> dict[str, Any]:
 RESPONSES: dict[str, Any] = {
     "200": {"description": "The prediction, or the batch's in order", "content": _json(PredictionOut, BatchOut)},
     "202": {"description": "Queued (`wait=false`); see the Location header", "content": _json(Accepted, BatchAccepted)},
-    "400": {"description": "Malformed JSON", "content": _json(Error)},
+    "400": {"description": "Malformed JSON, or a malformed Idempotency-Key", "content": _json(Error)},
+    "401": {"description": "No API key, or an unknown or revoked one (auth required)", "content": _json(Error)},
+    "403": {"description": "The key may not use this model", "content": _json(Error)},
     "404": {"description": "Unknown model or version", "content": _json(Error)},
+    "409": {
+        "description": "The first request with this Idempotency-Key is still in flight (with its `ids`); see "
+        "Retry-After",
+        "content": _json(ErrorWithIds),
+    },
     "413": {"description": "Body too large", "content": _json(Error)},
     "422": {
-        "description": "Invalid sample (`loc` names the field), or one the model fails on (with `ids`; the history "
-        "keeps it)",
+        "description": "Invalid sample (`loc` names the field), one the model fails on (with `ids`; the history "
+        "keeps it), or an Idempotency-Key used before with other rows",
         "content": _json(Error, ErrorWithIds),
     },
+    "429": {"description": "Over the key's rate limit; see Retry-After", "content": _json(Error)},
     "503": {"description": "Broker unavailable, or no live worker holds the version", "content": _json(ErrorWithIds)},
     "504": {"description": "No answer in time; the id resolves later in the history", "content": _json(ErrorWithIds)},
 }
 WAIT_PARAMETER = {
     "name": "wait", "in": "query", "required": False, "schema": {"type": "boolean", "default": True},
     "description": "false: answer 202 at once and let the client read the result later",
+}  # fmt: skip
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+    "description": "A retry with the same key and rows gets the first request's ids and answer (per API key and "
+    "path, remembered for MLAPI_API__IDEMPOTENCY_TTL_S)",
 }  # fmt: skip
 
 
@@ -75,9 +90,10 @@ def _operation(spec: ModelSpec, summary: str, operation_id: str, max_instances: 
             "tags": ["predict"],
             "summary": summary,
             "operationId": operation_id,
-            "parameters": [WAIT_PARAMETER],
+            "parameters": [WAIT_PARAMETER, IDEMPOTENCY_PARAMETER],
             "requestBody": request_body(spec, max_instances),
             "responses": RESPONSES,
+            "security": SECURITY,
         }
     }
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mlapi import queue
+from mlapi.api.access import ANONYMOUS, Caller
 from mlapi.api.dataplane import DataPlane
 from mlapi.models.profile import PREDICTION, Column, psi, verdict
 from mlapi.models.spec import ModelSpec
@@ -130,10 +131,11 @@ class QualityPlane:
 
     # ---- ground truth -----------------------------------------------------------------------------------------
 
-    async def feedback(self, items: Sequence[FeedbackItem]) -> list[Feedback]:
-        """Store ground truth for every item, or for none: `InvalidFeedback` lists the bad ones."""
+    async def feedback(self, items: Sequence[FeedbackItem], caller: Caller) -> list[Feedback]:
+        """Store ground truth for every item, or for none: `InvalidFeedback` lists the bad ones. A key labels only
+        its own predictions (another's is not found)."""
         latest = {str(i.id): i for i in items}  # the last of repeated ids wins, as later feedback does
-        problems, targets = await self._check(list(latest.values()))
+        problems, targets = await self._check(list(latest.values()), caller.history_key(None))
         if problems:
             errors = [
                 {"index": n, "id": str(item.id), "status": p.status, "detail": p.reason}
@@ -143,9 +145,10 @@ class QualityPlane:
             raise InvalidFeedback(errors)
         return await self._store(list(latest.values()), targets)
 
-    async def feedback_one(self, item: FeedbackItem) -> Feedback:
-        """Store ground truth for one prediction: `NotFound`, `Conflict` or `LabelRefused` otherwise."""
-        problems, targets = await self._check([item])
+    async def feedback_one(self, item: FeedbackItem, caller: Caller) -> Feedback:
+        """Store ground truth for one of the caller's predictions: `NotFound`, `Conflict` or `LabelRefused`
+        otherwise."""
+        problems, targets = await self._check([item], caller.history_key(None))
         if (problem := problems.get(str(item.id))) is not None:
             raise {404: NotFound, 409: Conflict}.get(problem.status, LabelRefused)(problem.reason)
         [stored] = await self._store([item], targets)
@@ -178,18 +181,21 @@ class QualityPlane:
         index = item.label if isinstance(item.label, int) else spec.labels.index(item.label)
         return Truth(str(item.id), index, None)
 
-    async def _check(self, items: Sequence[FeedbackItem]) -> tuple[dict[str, _Problem], dict[str, dict[str, Any]]]:
-        """What is wrong with each item, by id; and the stored rows they name."""
-        targets = await self.repository.targets([str(i.id) for i in items])
+    async def _check(
+        self, items: Sequence[FeedbackItem], owner: str | None
+    ) -> tuple[dict[str, _Problem], dict[str, dict[str, Any]]]:
+        """What is wrong with each item, by id; and the stored rows they name (of those `owner` made, with one)."""
+        targets = await self.repository.targets([str(i.id) for i in items], owner)
         problems: dict[str, _Problem] = {}
         for item in items:
             key = str(item.id)
             row = targets.get(key)
             if row is None:
                 queued = await queue.queued(self.dp.redis, key)
+                mine = queued is not None and (owner is None or queued.get("key") == owner)
                 problems[key] = (
                     _Problem(409, f"prediction {key} is still queued: give feedback once it is answered")
-                    if queued
+                    if mine
                     else _Problem(404, f"no prediction {key}")
                 )
             elif (problem := self._check_label(item, row)) is not None:
@@ -219,14 +225,17 @@ class QualityPlane:
     # ---- live quality -------------------------------------------------------------------------------------------
 
     async def quality(
-        self, name: str, version: int | None, since: datetime | None, until: datetime | None, bucket: str
-    ) -> QualityReport:
-        """Quality of every version that answered in the window (or of `version`), overall and per bucket."""
+        self, name: str, version: int | None, since: datetime | None, until: datetime | None, bucket: str,
+        caller: Caller = ANONYMOUS,
+    ) -> QualityReport:  # fmt: skip
+        """Quality of every version that answered in the window (or of `version`), overall and per bucket, over the
+        caller's labelled predictions (an admin's: everyone's)."""
+        caller.require_model(name)
         model = self.dp.model(name)
         if version is not None:
             self.dp.version(name, version)
         since, until = window_bounds(since, until, timedelta(days=self.dp.settings.quality.window_days))
-        window = Window(name, since, until)
+        window = Window(name, since, until, key=caller.history_key(None))
         numbers = [version] if version is not None else await self.repository.versions(window)
         reports = []
         for number in numbers:
@@ -236,7 +245,7 @@ class QualityPlane:
         return QualityReport(model=name, since=since, until=until, bucket=bucket, versions=reports)
 
     async def _version_quality(self, spec: ModelSpec, window: Window, width: timedelta) -> VersionQuality:
-        window = Window(window.model, window.since, window.until, spec.version)
+        window = Window(window.model, window.since, window.until, spec.version, key=window.key)
         if spec.task == "regression":
             rows = await self.repository.regressor_quality(window, width)
             figures = [_figures(r, ("mae", "rmse", "r2")) for r in rows]
@@ -260,9 +269,12 @@ class QualityPlane:
     # ---- drift --------------------------------------------------------------------------------------------------
 
     async def drift(
-        self, name: str, version: int | None, since: datetime | None, until: datetime | None
-    ) -> DriftReport:
-        """Each version's inputs and answers in the window against its reference profile."""
+        self, name: str, version: int | None, since: datetime | None, until: datetime | None,
+        caller: Caller = ANONYMOUS,
+    ) -> DriftReport:  # fmt: skip
+        """Each version's inputs and answers in the window against its reference profile: everyone's, as the
+        workers count them, to keys that may use the model."""
+        caller.require_model(name)
         model = self.dp.model(name)
         if version is not None:
             self.dp.version(name, version)
@@ -307,7 +319,7 @@ class QualityPlane:
 
     async def stats(
         self, model: str | None, version: int | None, since: datetime | None, until: datetime | None,
-        bucket: str | None, prediction: int | None,
+        bucket: str | None, prediction: int | None, key: str | None = None,
     ) -> Stats:  # fmt: skip
         """The window's counts over time per series, histograms and latency percentiles; without `since`, the
         window starts at the oldest matching prediction."""
@@ -317,12 +329,12 @@ class QualityPlane:
             self.dp.version(model, version)
         until = in_utc(until) or datetime.now(UTC)
         if since is None:
-            probe = Window(model, until, until, version, prediction)
+            probe = Window(model, until, until, version, prediction, key)
             oldest = await self.repository.first_created(probe)
             since = oldest if oldest is not None and oldest < until else None
         since, until = window_bounds(since, until, timedelta(hours=1))
         width = bucket_seconds(bucket, since, until)
-        window = Window(model, since, until, version, prediction)
+        window = Window(model, since, until, version, prediction, key)
         found = await self.repository.stats(window, timedelta(seconds=width), HISTOGRAM_BINS)
         return _stats(found, since, until, width)
 

@@ -22,6 +22,8 @@ class Target:
     url: str
     body: bytes | None = None
     """POSTed as JSON when set; GET otherwise."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Sent with every request (hey's `-H`), e.g. an API key."""
 
 
 @dataclass
@@ -94,6 +96,8 @@ def run_hey(hey: str, target: Target, concurrency: int, seconds: float, body_fil
     if target.body is not None:
         body_file.write_bytes(target.body)
         args += ["-m", "POST", "-T", "application/json", "-D", str(body_file)]
+    for name, value in target.headers:
+        args += ["-H", f"{name}: {value}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([*args, target.url], capture_output=True, text=True, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -119,6 +119,7 @@ def mlapi_stack(model_dir: Path, work: Path, grpc_port: int = 0) -> Iterator[Run
             "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
             "MLAPI_API__PORT": str(api_port),
             "MLAPI_API__GRPC_PORT": str(grpc_port),
+            "MLAPI_API__AUTH": "off",  # like the peers it is compared with
             "MLAPI_LOG_LEVEL": "WARNING",
         }
         database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from mlapi import runtimes
+from mlapi.cli import columns
 from mlapi.client import Client, ClientError, check_name
 from mlapi.models.profile import Profile
 from mlapi.models.spec import ModelSpec, SpecBody
@@ -262,8 +263,7 @@ def table(models: Sequence[ModelSummary]) -> str:
         status = "ready" if m.ready > 0 else "no workers"
         versions = ",".join(map(str, m.versions))
         rows.append([m.name, versions, str(m.default_version), m.runtime, m.task, status, str(m.ready)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return columns(rows)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,12 +12,20 @@ from redis.exceptions import RedisError
 
 from mlapi.api.dataplane import (
     BrokerUnavailable,
+    Caller,
     DataPlane,
+    Forbidden,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    Idempotent,
     Inferred,
+    InvalidIdempotencyKey,
     InvalidInput,
     NotFound,
     PredictionFailed,
     PredictionTimeout,
+    RateLimited,
+    Unauthenticated,
     Unavailable,
 )
 from mlapi.api.limits import BodyTooLarge
@@ -27,6 +35,12 @@ from mlapi.oip.codec import InvalidTensor
 from mlapi.storage.registry import Version
 
 ERRORS: dict[type[Exception], tuple[int, StatusCode]] = {
+    Unauthenticated: (401, StatusCode.UNAUTHENTICATED),
+    Forbidden: (403, StatusCode.PERMISSION_DENIED),
+    RateLimited: (429, StatusCode.RESOURCE_EXHAUSTED),
+    IdempotencyConflict: (409, StatusCode.ALREADY_EXISTS),  # the first request with this key is in flight
+    IdempotencyMismatch: (422, StatusCode.INVALID_ARGUMENT),
+    InvalidIdempotencyKey: (400, StatusCode.INVALID_ARGUMENT),
     InvalidTensor: (400, StatusCode.INVALID_ARGUMENT),
     PredictionFailed: (400, StatusCode.INVALID_ARGUMENT),  # the model is pure: rows it fails on are bad input
     NotFound: (404, StatusCode.NOT_FOUND),
@@ -112,21 +126,28 @@ class Handler:
         known = ", ".join(map(str, self.dp.model(name).versions))
         raise NotFound(f"model {name!r} has no version {version!r}; its versions: {known}")
 
-    async def model_ready(self, name: str, version: str) -> str | None:
+    async def model_ready(self, name: str, version: str, caller: Caller) -> str | None:
         """Why the version cannot serve now; None when it can."""
         spec = self.version(name, version).spec
+        self.dp.permit(caller, model=spec.name)
         if await self.dp.live((spec.name, spec.version)):
             return None
         return f"no live worker holds {spec.name!r} version {spec.version}"
 
-    def model_metadata(self, name: str, version: str) -> ModelMetadata:
+    def model_metadata(self, name: str, version: str, caller: Caller) -> ModelMetadata:
         spec = self.version(name, version).spec
+        self.dp.permit(caller, model=spec.name)
         versions = [str(v) for v in self.dp.model(name).versions]
         return ModelMetadata(spec.name, versions, spec.runtime, codec.inputs(spec), codec.outputs(spec))
 
-    async def infer(self, name: str, version: str, request: InferRequest) -> InferResponse:
-        """One job of all the request's rows, answered with the outputs asked for."""
+    async def infer(
+        self, name: str, version: str, request: InferRequest, caller: Caller,
+        idempotent: Idempotent | None = None,
+    ) -> InferResponse:  # fmt: skip
+        """One job of all the request's rows, answered with the outputs asked for (with an idempotency key, the
+        first request's answer to a repeat)."""
         spec = self.version(name, version).spec
+        self.dp.permit(caller, model=spec.name)
         try:
             codec.check_outputs(spec, request.outputs)
             rows = codec.rows(spec, request.inputs, self.dp.settings.api.max_instances)
@@ -137,7 +158,7 @@ class Handler:
             rows = self.dp.validate(spec, rows)
         except InvalidInput as e:
             raise InvalidTensor(_describe(e, matrix=codec.MATRIX in {i.name for i in request.inputs})) from None
-        answer = await self.dp.infer(spec, rows, wait=True)
+        answer = await self.dp.infer(spec, rows, wait=True, caller=caller, idempotent=idempotent)
         assert isinstance(answer, Inferred)
         outputs = codec.encode(spec, answer.results, request.outputs)
         return InferResponse(spec.name, str(spec.version), request.id or answer.job_id, outputs)

@@ -15,8 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from mlapi.api.errors import json_response, retry_after
-from mlapi.api.routes import DataPlaneDep
+from mlapi.api.access import Caller, check_idempotency_key
+from mlapi.api.dataplane import Idempotent
+from mlapi.api.errors import error_headers, json_response
+from mlapi.api.routes import CallerDep, DataPlaneDep, caller
+from mlapi.api.routes.predict import IdempotencyKey
 from mlapi.oip import codec
 from mlapi.oip.codec import InvalidTensor
 from mlapi.oip.handler import FAILURES, Handler, InferRequest, InferResponse, check_parameters, message, status
@@ -39,7 +42,7 @@ class _Route(APIRoute):
                 body: dict[str, Any] = {"error": message(e)}
                 if ids := getattr(e, "ids", None):
                     body["ids"] = ids
-                return json_response(body, code, retry_after(e) if code == 503 else None)
+                return json_response(body, code, error_headers(code, e))
 
         return answer
 
@@ -77,7 +80,7 @@ class _Request(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Request)
 
 
-@router.get("")
+@router.get("", dependencies=[Depends(caller)])
 async def server_metadata(oip: HandlerDep) -> Response:
     return json_response(oip.server_metadata())
 
@@ -95,48 +98,59 @@ async def ready(oip: HandlerDep) -> Response:
 
 
 @router.get("/models/{name}")
-async def model_metadata(oip: HandlerDep, name: str) -> Response:
-    return _metadata(oip, name, "")
+async def model_metadata(oip: HandlerDep, caller: CallerDep, name: str) -> Response:
+    return _metadata(oip, name, "", caller)
 
 
 @router.get("/models/{name}/versions/{version}")
-async def version_metadata(oip: HandlerDep, name: str, version: str) -> Response:
-    return _metadata(oip, name, version)
+async def version_metadata(oip: HandlerDep, caller: CallerDep, name: str, version: str) -> Response:
+    return _metadata(oip, name, version, caller)
 
 
 @router.get("/models/{name}/ready")
-async def model_ready(oip: HandlerDep, name: str) -> Response:
-    return await _ready(oip, name, "")
+async def model_ready(oip: HandlerDep, caller: CallerDep, name: str) -> Response:
+    return await _ready(oip, name, "", caller)
 
 
 @router.get("/models/{name}/versions/{version}/ready")
-async def version_ready(oip: HandlerDep, name: str, version: str) -> Response:
-    return await _ready(oip, name, version)
+async def version_ready(oip: HandlerDep, caller: CallerDep, name: str, version: str) -> Response:
+    return await _ready(oip, name, version, caller)
 
 
 @router.post("/models/{name}/infer")
-async def model_infer(oip: HandlerDep, name: str, request: Request) -> Response:
-    return await _infer(oip, name, "", request)
+async def model_infer(
+    oip: HandlerDep, caller: CallerDep, name: str, request: Request, idempotency_key: IdempotencyKey = None
+) -> Response:
+    return await _infer(oip, name, "", request, caller, idempotency_key)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
-async def version_infer(oip: HandlerDep, name: str, version: str, request: Request) -> Response:
-    return await _infer(oip, name, version, request)
+async def version_infer(
+    oip: HandlerDep, caller: CallerDep, name: str, version: str, request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:  # fmt: skip
+    return await _infer(oip, name, version, request, caller, idempotency_key)
 
 
-def _metadata(oip: Handler, name: str, version: str) -> Response:
-    meta = oip.model_metadata(name, version)
+def _metadata(oip: Handler, name: str, version: str, caller: Caller) -> Response:
+    meta = oip.model_metadata(name, version, caller)
     return json_response(msgspec.to_builtins(meta))
 
 
-async def _ready(oip: Handler, name: str, version: str) -> Response:
-    if reason := await oip.model_ready(name, version):
+async def _ready(oip: Handler, name: str, version: str, caller: Caller) -> Response:
+    if reason := await oip.model_ready(name, version, caller):
         return json_response({"error": reason}, 503)
     return json_response({"name": name, "ready": True})
 
 
-async def _infer(oip: Handler, name: str, version: str, request: Request) -> Response:
-    oip.version(name, version)  # an unknown model is a 404 before the body is read
+async def _infer(
+    oip: Handler, name: str, version: str, request: Request, caller: Caller, idempotency_key: str | None
+) -> Response:
+    spec = oip.version(name, version).spec  # an unknown model is a 404 before the body is read
+    oip.dp.permit(caller, model=spec.name)  # and one the key may not use a 403
+    idempotent = None
+    if idempotency_key is not None:
+        idempotent = Idempotent(request.url.path, check_idempotency_key(idempotency_key))
     body = await request.body()
     header, binary = _split(request, body)
     try:
@@ -145,7 +159,11 @@ async def _infer(oip: Handler, name: str, version: str, request: Request) -> Res
         raise InvalidTensor(f"malformed inference request: {e}") from None
     binary_outputs = _binary_outputs(parsed)
     answer = await oip.infer(
-        name, version, InferRequest(_inputs(parsed, binary), [o.name for o in parsed.outputs], parsed.id)
+        name,
+        version,
+        InferRequest(_inputs(parsed, binary), [o.name for o in parsed.outputs], parsed.id),
+        caller,
+        idempotent,
     )
     return _response(answer, binary_outputs)
 

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from grpc import aio
 
-from mlapi.api.dataplane import DataPlane
+from mlapi.api.access import Caller, check_idempotency_key, credential
+from mlapi.api.dataplane import DataPlane, Idempotent
 from mlapi.oip import codec
 from mlapi.oip.codec import InvalidTensor
 from mlapi.oip.handler import FAILURES, Handler, InferRequest, check_parameters, message, status
@@ -59,9 +60,20 @@ def _translated(
     return answer
 
 
+def _metadata(context: Context) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
 class Servicer(GRPCInferenceServiceServicer):
+    """The health calls are open; every other call carries an API key in its metadata (`authorization: Bearer
+    <key>`, or `x-api-key`) when auth is required."""
+
     def __init__(self, handler: Handler) -> None:
         self.oip = handler
+
+    async def _caller(self, context: Context) -> Caller:
+        metadata = _metadata(context)
+        return await self.oip.dp.authenticate(credential(metadata.get("authorization"), metadata.get("x-api-key")))
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -72,14 +84,17 @@ class Servicer(GRPCInferenceServiceServicer):
 
     @_translated
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=await self.oip.model_ready(request.name, request.version) is None)
+        caller = await self._caller(context)
+        return pb.ModelReadyResponse(ready=await self.oip.model_ready(request.name, request.version, caller) is None)
 
+    @_translated
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        await self._caller(context)
         return pb.ServerMetadataResponse(**self.oip.server_metadata())
 
     @_translated
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
-        meta = self.oip.model_metadata(request.name, request.version)
+        meta = self.oip.model_metadata(request.name, request.version, await self._caller(context))
 
         def tensors(metas: list[codec.TensorMeta]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
             return [
@@ -93,11 +108,20 @@ class Servicer(GRPCInferenceServiceServicer):
 
     @_translated
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        caller = await self._caller(context)
+        idempotent = None
+        if (key := _metadata(context).get("idempotency-key")) is not None:
+            route = f"grpc:ModelInfer/{request.model_name}/{request.model_version}"
+            idempotent = Idempotent(route, check_idempotency_key(key))
         for output in request.outputs:
             check_parameters("output", output.name, output.parameters)
         wanted = [o.name for o in request.outputs]
         answer = await self.oip.infer(
-            request.model_name, request.model_version, InferRequest(_inputs(request), wanted, request.id)
+            request.model_name,
+            request.model_version,
+            InferRequest(_inputs(request), wanted, request.id),
+            caller,
+            idempotent,
         )
         return pb.ModelInferResponse(
             model_name=answer.model_name, model_version=answer.model_version, id=answer.id,

@@ -83,13 +83,15 @@ async def add_profile(conn: AsyncConnection, model: str, version: int, profile: 
 
 @dataclass(frozen=True)
 class Window:
-    """The rows a statistic covers: one model (and version), created in [since, until)."""
+    """The rows a statistic covers: one model (and version), created in [since, until); with `key`, only the rows
+    that API key made."""
 
     model: str | None
     since: datetime
     until: datetime
     version: int | None = None
     prediction: int | None = None
+    key: str | None = None
 
     def where(self, table: str = "predictions") -> tuple[str, dict[str, Any]]:
         clauses = [f"{table}.created_at >= :since", f"{table}.created_at < :until"]
@@ -103,6 +105,9 @@ class Window:
         if self.prediction is not None:
             clauses.append(f"{table}.prediction = :prediction")
             params["prediction"] = self.prediction
+        if self.key is not None:
+            clauses.append(f"{table}.key = :key")
+            params["key"] = self.key
         return " AND ".join(clauses), params
 
 
@@ -123,7 +128,7 @@ WITH r AS (
            (SELECT sum(e.v::float8 ^ 2) FROM jsonb_each_text(probabilities) AS e(k, v)) AS sq
     FROM predictions
     WHERE model = :model AND model_version = :version AND feedback_at IS NOT NULL AND status = 'done'
-      AND created_at >= :since AND created_at < :until
+      AND created_at >= :since AND created_at < :until AND (CAST(:key AS text) IS NULL OR key = :key)
 ), ranked AS (
     -- Average ranks of the positive class's score, over the window and within each bucket (ties share a rank).
     SELECT r.*, rank() OVER (ORDER BY s) + (count(*) OVER (PARTITION BY s) - 1) / 2.0 AS rank_all,
@@ -150,7 +155,7 @@ _CONFUSION = sa.text(f"""
 SELECT CASE WHEN grouping(b) = 1 THEN NULL ELSE b END AS bucket, y, p, count(*) AS n
 FROM (SELECT date_bin(:width, created_at, {ORIGIN}) AS b, truth AS y, prediction AS p FROM predictions
       WHERE model = :model AND model_version = :version AND feedback_at IS NOT NULL AND status = 'done'
-        AND created_at >= :since AND created_at < :until) AS r
+        AND created_at >= :since AND created_at < :until AND (CAST(:key AS text) IS NULL OR key = :key)) AS r
 GROUP BY GROUPING SETS ((b, y, p), (y, p))
 """)
 
@@ -161,7 +166,7 @@ SELECT CASE WHEN grouping(b) = 1 THEN NULL ELSE b END AS bucket, count(*) AS n,
             THEN 1 - sum((value - truth_value) ^ 2) / (count(*) * var_pop(truth_value)) END AS r2
 FROM (SELECT date_bin(:width, created_at, {ORIGIN}) AS b, value, truth_value FROM predictions
       WHERE model = :model AND model_version = :version AND feedback_at IS NOT NULL AND status = 'done'
-        AND created_at >= :since AND created_at < :until) AS r
+        AND created_at >= :since AND created_at < :until AND (CAST(:key AS text) IS NULL OR key = :key)) AS r
 GROUP BY GROUPING SETS ((b), ()) ORDER BY bucket NULLS FIRST
 """)
 
@@ -171,14 +176,14 @@ class QualityRepository:
         self.engine = engine
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def targets(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored rows feedback names, by id: model, version, task and status."""
+    async def targets(self, ids: Sequence[str], key: str | None) -> dict[str, dict[str, Any]]:
+        """The stored rows feedback names, by id (of those `key` made, with a key): model, version, task, status."""
         query = sa.text(
             "SELECT id::text AS id, model, model_version, task, status FROM predictions "
-            "WHERE id = ANY(CAST(:ids AS uuid[]))"
+            "WHERE id = ANY(CAST(:ids AS uuid[])) AND (CAST(:key AS text) IS NULL OR key = :key)"
         )
         async with self._single.connect() as conn:
-            rows = (await conn.execute(query, {"ids": list(ids)})).mappings().all()
+            rows = (await conn.execute(query, {"ids": list(ids), "key": key})).mappings().all()
         return {r["id"]: dict(r) for r in rows}
 
     async def set_truth(self, items: Sequence[Truth]) -> dict[str, datetime]:
@@ -222,7 +227,7 @@ class QualityRepository:
     @staticmethod
     def _params(window: Window, width: timedelta) -> dict[str, Any]:
         return {"model": window.model, "version": str(window.version), "since": window.since,
-                "until": window.until, "width": width}  # fmt: skip
+                "until": window.until, "width": width, "key": window.key}  # fmt: skip
 
     async def drift_versions(self, window: Window) -> list[int]:
         """The versions of the window's model with rows counted for drift in it."""
@@ -254,7 +259,9 @@ class QualityRepository:
 
     async def first_created(self, window: Window) -> datetime | None:
         """When the oldest row matching the window's filters (not its start) was created."""
-        where, params = Window(window.model, EARLIEST, window.until, window.version, window.prediction).where()
+        where, params = Window(
+            window.model, EARLIEST, window.until, window.version, window.prediction, window.key
+        ).where()
         query = sa.text(f"SELECT min(created_at) FROM predictions WHERE {where}")
         async with self._single.connect() as conn:
             found: datetime | None = (await conn.execute(query, params)).scalar()

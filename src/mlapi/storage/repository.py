@@ -88,6 +88,8 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Filters:
+    key: str | None = None
+    """Only the rows this API key made (the caller's own, or an admin's choice); None: every row."""
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -113,11 +115,18 @@ class PredictionRepository:
         async with self._single.connect() as conn:
             await conn.execute(_INSERT, params)
 
-    async def get(self, prediction_id: str) -> Mapping[str, Any] | None:
+    async def get(self, prediction_id: str, key: str | None = None) -> Mapping[str, Any] | None:
+        """A row by id; with `key`, only if that key made it (another key's row is as absent as a missing one)."""
+        rows = await self.get_many([prediction_id], key)
+        return rows[0] if rows else None
+
+    async def get_many(self, ids: Sequence[str], key: str | None = None) -> list[dict[str, Any]]:
+        """The rows of these ids that exist (and, with `key`, that key made), in no particular order."""
+        query = sa.select(predictions).where(predictions.c.id.in_(ids))
+        if key is not None:
+            query = query.where(predictions.c.key == key)
         async with self._single.connect() as conn:
-            result = await conn.execute(sa.select(predictions).where(predictions.c.id == prediction_id))
-            row = result.mappings().first()
-        return dict(row) if row else None
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
 
     async def page(
         self, filters: Filters, limit: int, after: Cursor | None = None
@@ -130,6 +139,8 @@ class PredictionRepository:
                 sa.tuple_(t.created_at, t.id)
                 < sa.tuple_(sa.literal(after.created_at, t.created_at.type), sa.literal(after.id, t.id.type))
             )
+        if filters.key is not None:
+            query = query.where(t.key == filters.key)
         if filters.model is not None:
             query = query.where(t.model == filters.model)
         if filters.since is not None:

@@ -32,6 +32,8 @@ predictions = sa.Table(
     sa.Column("truth", sa.Integer),
     sa.Column("truth_value", sa.Double),
     sa.Column("feedback_at", sa.DateTime(timezone=True)),
+    # The name of the API key that made it (null: made with auth off); a key reads only its own rows.
+    sa.Column("key", sa.Text),
     sa.CheckConstraint(f"status IN {STATUSES}", name="ck_predictions_status"),
     sa.CheckConstraint(f"task IN {TASKS}", name="ck_predictions_task"),
     sa.Index("ix_predictions_created", sa.text("created_at DESC"), sa.text("id DESC")),
@@ -44,6 +46,22 @@ predictions = sa.Table(
         "created_at",
         postgresql_where=sa.text("feedback_at IS NOT NULL"),
     ),
+    sa.Index("ix_predictions_key_created", "key", sa.text("created_at DESC"), sa.text("id DESC")),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    # A name is never reused, revoked or not: history rows name their key, and a new key of an old name would
+    # read the old key's history.
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False, unique=True),  # of the key; the key itself is never stored
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("models", JSONB),  # the models it may use; null: every model
+    sa.Column("rate", sa.Text),  # e.g. "100/s"; null: no limit
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
 
 models = sa.Table(

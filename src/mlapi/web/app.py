@@ -29,7 +29,7 @@ from mlapi.models.spec import ModelSpec
 from mlapi.schemas import ModelSummary, PredictionRecord
 from mlapi.settings import Settings
 from mlapi.web import charts, describe, quality_charts
-from mlapi.web.client import Answer, ApiClient, ApiProblem, InvalidSample
+from mlapi.web.client import Answer, ApiClient, ApiError, ApiProblem, InvalidSample
 from mlapi.web.forms import (
     RESERVED,
     FormErrors,
@@ -72,8 +72,16 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+KEY_COOKIE = "mlapi_key"
+"""The signed-in API key: HttpOnly (no script reads it), SameSite=Strict (no other site sends it), a session
+cookie (gone with the browser session), never written into a page."""
+NAME_COOKIE = "mlapi_key_name"
+"""The signed-in key's name, shown in the header."""
+
+
 def api(request: Request) -> ApiClient:
-    return request.state.api  # type: ignore[no-any-return]
+    """The API with the browser's signed-in key, if any."""
+    return ApiClient(request.state.http, request.cookies.get(KEY_COOKIE))
 
 
 def _settings(request: Request) -> Settings:
@@ -85,7 +93,10 @@ def _templates(request: Request) -> Jinja2Templates:
 
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    base = {"request": request, "api_url": _settings(request).web.api_url, "nav": context.get("nav")}
+    base = {
+        "request": request, "api_url": _settings(request).web.api_url, "nav": context.get("nav"),
+        "signed_in": request.cookies.get(NAME_COOKIE) if request.cookies.get(KEY_COOKIE) else None,
+    }  # fmt: skip
     return _templates(request).TemplateResponse(request, name, {**base, **context}, status_code=status_code)
 
 
@@ -292,6 +303,42 @@ async def index(request: Request) -> Response:
     return RedirectResponse("/predict", 307)
 
 
+def _local(target: str | None) -> str:
+    """Where to go after signing in: a path of this site only (never another site's URL)."""
+    return target if target and target.startswith("/") and not target.startswith("//") else "/predict"
+
+
+async def signin_page(request: Request) -> Response:
+    """GET: the form asking for an API key. POST: the key checked with the API, then kept in the session cookie."""
+    if request.method == "GET":
+        target = _local(request.query_params.get("next"))
+        return render(request, "signin.html", {"nav": None, "next": target, "problem": None})
+    form = await _form(request)
+    key, target = form.get("key", "").strip(), _local(form.get("next"))
+    try:
+        caller = await ApiClient(request.state.http, key).me()
+    except ApiProblem as e:
+        refused = isinstance(e, ApiError) and e.status == 401
+        problem = "That key was not accepted: it is unknown or revoked." if refused else e.message
+        return render(request, "signin.html", {"nav": None, "next": target, "problem": problem}, e.status_code)
+    response = RedirectResponse(target, 303)
+    if caller.key is not None:  # with auth off there is nothing to keep
+        secure = request.url.scheme == "https"
+        for name, value in ((KEY_COOKIE, key), (NAME_COOKIE, caller.key)):
+            response.set_cookie(name, value, httponly=True, samesite="strict", secure=secure, path="/")
+    return response
+
+
+def _forget_key(response: Response) -> Response:
+    for name in (KEY_COOKIE, NAME_COOKIE):
+        response.delete_cookie(name, path="/", httponly=True, samesite="strict")
+    return response
+
+
+async def signout(request: Request) -> Response:
+    return _forget_key(RedirectResponse("/signin", 303))
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "alive"})
 
@@ -299,6 +346,9 @@ async def healthz(request: Request) -> Response:
 async def api_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiProblem)
     log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    if isinstance(exc, ApiError) and exc.status == 401:  # signed out, or the key was revoked: sign in (again)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return _forget_key(RedirectResponse(f"/signin?{urlencode({'next': target})}", 303))
     context = {"title": "The prediction service is not available", "message": exc.message, "retry": True}
     if exc.status_code == 404:
         context = {"title": "Not found", "message": exc.message, "retry": False}
@@ -352,13 +402,15 @@ def create_app(settings: Settings, api_transport: httpx.AsyncBaseTransport | Non
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         timeout = httpx.Timeout(settings.web.api_timeout_s, connect=min(5.0, settings.web.api_timeout_s))
         async with httpx.AsyncClient(base_url=settings.web.api_url, timeout=timeout, transport=api_transport) as http:
-            yield {"api": ApiClient(http)}
+            yield {"http": http}
 
     app = Starlette(
         routes=[
             Route("/", index),
             Route("/predict", predict_page, methods=["GET", "POST"]),
             Route("/history", history_page),
+            Route("/signin", signin_page, methods=["GET", "POST"]),
+            Route("/signout", signout, methods=["POST"]),
             Route("/predictions/{prediction_id:uuid}", prediction_page),
             Route("/predictions/{prediction_id:uuid}/feedback", feedback, methods=["POST"]),
             Route("/models", models_page),

@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mlapi.contract import Value
 from mlapi.schemas import (
+    Caller,
     DriftReport,
     Feedback,
     ModelDetail,
@@ -52,7 +53,7 @@ class ApiError(ApiProblem):
     def __init__(self, status: int, message: str, prediction_id: str | None = None) -> None:
         super().__init__(message, prediction_id)
         self.status = status
-        self.status_code = status if status in (404, 503, 504) else 502
+        self.status_code = status if status in (401, 403, 404, 429, 503, 504) else 502
 
 
 class InvalidSample(Exception):
@@ -88,8 +89,11 @@ def parse_server_timing(header: str) -> dict[str, float]:
 
 
 class ApiClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    """The API as one browser's session sees it: with the key it signed in with, if any."""
+
+    def __init__(self, http: httpx.AsyncClient, key: str | None = None) -> None:
         self.http = http
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     @property
     def base_url(self) -> str:
@@ -97,7 +101,7 @@ class ApiClient:
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return await self.http.request(method, path, **kwargs)
+            return await self.http.request(method, path, headers=self.headers, **kwargs)
         except httpx.TimeoutException:
             raise ApiTooSlow(f"The prediction API at {self.base_url} did not answer in time.") from None
         except httpx.TransportError as e:
@@ -133,6 +137,10 @@ class ApiClient:
         response = await self._send("GET", path, **kwargs)
         self._raise_for(response)
         return self._decode(response, type_)
+
+    async def me(self) -> Caller:
+        """Who the key is (and whether the API asks for keys at all)."""
+        return await self._get("/me", Caller)  # type: ignore[no-any-return]
 
     async def models(self) -> list[ModelSummary]:
         return await self._get("/models", _MODELS)  # type: ignore[no-any-return]

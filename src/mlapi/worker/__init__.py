@@ -57,6 +57,8 @@ class Worker:
         self._last_trim = time.monotonic()
         self._last_beat = 0.0
         self._backoff = 0.0
+        self._own_pending = False
+        """After a failed step: entries may have been delivered here by a read whose reply was lost."""
         self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -72,6 +74,7 @@ class Worker:
             except (RedisError, SQLAlchemyError, OSError) as e:
                 # The broker or the database is away: nothing was acknowledged, so nothing is lost.
                 self._backoff = min(MAX_BACKOFF_S, max(0.1, self._backoff * 2))
+                self._own_pending = True
                 log.warning("%s: %s; retrying in %.1f s", type(e).__name__, e, self._backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._backoff)
@@ -105,7 +108,7 @@ class Worker:
             await queue.heartbeat(self.redis, self.consumer, self.host.serving, self.host.runtimes)
         if not keys:
             return 0
-        deliveries = await self._reclaim_due(keys)
+        deliveries = await self._reclaim_own(keys) or await self._reclaim_due(keys)
         if not deliveries:
             deliveries = await queue.read_new(
                 self.redis, self.consumer, keys, self.settings.batch_size, self.settings.block_ms
@@ -118,6 +121,19 @@ class Worker:
                 await queue.trim_acknowledged(self.redis, key)
             await self.host.unload_drained()
         return len(deliveries)
+
+    async def _reclaim_own(self, keys: Sequence[queue.Key]) -> list[queue.Delivery]:
+        """After a failed step, what this consumer was delivered and holds unacknowledged, a batch at a time
+        until none is left, as a restarted consumer reads its pending list: the reply of a read cut off by a
+        timeout or a pause is lost, but its entries are pending here and no one else takes them before the
+        visibility timeout."""
+        if not self._own_pending:
+            return []
+        found = await queue.read_own(self.redis, self.consumer, keys, self.settings.batch_size)
+        self._own_pending = bool(found)
+        if found:
+            log.warning("took back %d entries delivered to this worker and not acknowledged", len(found))
+        return found
 
     async def _reclaim_due(self, keys: Sequence[queue.Key]) -> list[queue.Delivery]:
         """One entry held too long by a dead or hung consumer, to be predicted alone: only a message that kills

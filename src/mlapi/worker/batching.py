@@ -75,6 +75,7 @@ def _history_row(
         "error": result.error,
         "created_at": job.created_at,
         "completed_at": now,
+        "key": job.key,
     }
 
 

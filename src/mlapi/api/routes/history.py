@@ -12,12 +12,12 @@ from fastapi import APIRouter, Query
 from mlapi import queue
 from mlapi.api.dataplane import DataPlane
 from mlapi.api.quality import utc
-from mlapi.api.routes import DataPlaneDep
+from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep
 from mlapi.schemas import Error, Feedback, Page, PredictionRecord
 from mlapi.storage.registry import NotFound
 from mlapi.storage.repository import Cursor, Filters
 
-router = APIRouter(tags=["history"])
+router = APIRouter(tags=["history"], responses=AUTH_RESPONSES)
 
 
 def record(row: Mapping[str, Any], labels: Sequence[str] = ()) -> PredictionRecord:
@@ -42,9 +42,10 @@ def _labels(dp: DataPlane, row: Mapping[str, Any]) -> list[str]:
     return version.spec.labels if version is not None else []
 
 
-@router.get("/predictions", responses={400: {"model": Error}})
+@router.get("/predictions", responses={400: {"model": Error}, 403: {"model": Error}})
 async def list_predictions(
     dp: DataPlaneDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     model: str | None = None,
@@ -54,25 +55,32 @@ async def list_predictions(
     labelled: Annotated[
         bool | None, Query(description="Only predictions with (true) or without (false) feedback")
     ] = None,
+    key: Annotated[str | None, Query(description="Made by this API key (admin keys only)")] = None,
 ) -> Page:
+    """The caller's own predictions (an admin key's: everyone's, or `key`'s), newest first."""
     after = Cursor.decode(cursor) if cursor else None
-    filters = Filters(model=model, since=utc(since), until=utc(until), prediction=prediction, labelled=labelled)
+    filters = Filters(
+        key=caller.history_key(key), model=model, since=utc(since), until=utc(until), prediction=prediction,
+        labelled=labelled,
+    )  # fmt: skip
     rows, next_cursor = await dp.predictions.page(filters, limit, after)
     items = [record(r, _labels(dp, r)) for r in rows]
     return Page(items=items, next_cursor=next_cursor.encode() if next_cursor else None)
 
 
 @router.get("/predictions/{prediction_id}", responses={404: {"model": Error}})
-async def get_prediction(prediction_id: uuid.UUID, dp: DataPlaneDep) -> PredictionRecord:
-    row = await dp.predictions.get(str(prediction_id))
+async def get_prediction(prediction_id: uuid.UUID, dp: DataPlaneDep, caller: CallerDep) -> PredictionRecord:
+    """One of the caller's predictions (any, for an admin key); another key's is not found, as a missing one."""
+    owner = caller.history_key(None)
+    row = await dp.predictions.get(str(prediction_id), owner)
     if row is not None:
         return record(row, _labels(dp, row))
     marker = await queue.queued(dp.redis, str(prediction_id))
-    if marker is None:
+    if marker is None or (owner is not None and marker.get("key") != owner):
         raise NotFound(f"no prediction {prediction_id}")
     return PredictionRecord(
         id=str(prediction_id), model=marker["model"], model_version=str(marker.get("version", "")) or None,
         task=None, status="queued", features=None, prediction=None, label=None, probability=None,
         probabilities=None, warnings=[], error=None, created_at=datetime.fromisoformat(marker["created_at"]),
-        completed_at=None,
+        completed_at=None, key=marker.get("key"),
     )  # fmt: skip

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from mlapi import queue
 from mlapi.api.dataplane import DataPlane
 from mlapi.api.errors import json_response
-from mlapi.api.routes import DataPlaneDep, QualityDep
+from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep, QualityDep, operator
+from mlapi.schemas import Caller as CallerOut
 
 router = APIRouter(tags=["meta"])
 log = logging.getLogger("mlapi.api")
@@ -26,8 +27,15 @@ async def hello(dp: DataPlaneDep) -> dict[str, Any]:
         "message": "Hello from mlapi, the ML prediction service",
         "default_model": dp.settings.api.default_model,
         "links": {"docs": "/docs", "predict": "/predict", "models": "/models", "history": "/predictions",
-                  "health": "/healthz", "ready": "/readyz", "metrics": "/metrics", "backlog": "/backlog"},
+                  "health": "/healthz", "ready": "/readyz", "metrics": "/metrics", "backlog": "/backlog", "me": "/me"},
     }  # fmt: skip
+
+
+@router.get("/me", responses=AUTH_RESPONSES)
+async def me(dp: DataPlaneDep, caller: CallerDep) -> CallerOut:
+    """The key this request carries and what it may do (with auth off: an anonymous admin)."""
+    models = sorted(caller.models) if caller.models is not None else None
+    return CallerOut(key=caller.name, admin=caller.admin, models=models, rate=caller.rate, auth=dp.settings.api.auth)
 
 
 @router.get("/healthz")
@@ -88,7 +96,7 @@ async def readyz(dp: DataPlaneDep) -> Response:
     return json_response({"status": "ready", "workers": workers})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(operator)])
 async def metrics(dp: DataPlaneDep, quality: QualityDep) -> Response:
     """Prometheus metrics: this process's requests, each model version's queue (length, lag, pending, live
     workers), each model's dead letters, and each version's live quality and drift (recomputed at most every
@@ -103,7 +111,7 @@ async def metrics(dp: DataPlaneDep, quality: QualityDep) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/backlog")
+@router.get("/backlog", dependencies=[Depends(operator)])
 async def backlog(dp: DataPlaneDep) -> dict[str, Any]:
     """Requests waiting for a worker (queued and not yet acknowledged) over every model version: what the
     workers' autoscaler follows (KEDA's metrics-api trigger reads `total`)."""

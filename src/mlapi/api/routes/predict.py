@@ -10,13 +10,14 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from mlapi.api.dataplane import DataPlane, Inferred, InvalidInput
+from mlapi.api.access import Caller, check_idempotency_key
+from mlapi.api.dataplane import DataPlane, Idempotent, Inferred, InvalidInput
 from mlapi.api.errors import MalformedBody, json_response
-from mlapi.api.routes import DataPlaneDep
+from mlapi.api.routes import CallerDep, DataPlaneDep
 from mlapi.contract import OUTPUT_FIELDS, Result
 from mlapi.models.spec import ModelSpec
 from mlapi.schemas import Accepted, BatchAccepted
@@ -26,21 +27,33 @@ WAIT = Query(description="false: answer 202 at once and let the client read the 
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
+IDEMPOTENCY = Header(alias="Idempotency-Key", description="A retry with the same key gets the first answer")
+IdempotencyKey = Annotated[str | None, IDEMPOTENCY]
+
+
 @router.post("/predict", include_in_schema=False)
-async def predict_default(dp: DataPlaneDep, request: Request, wait: Annotated[bool, WAIT] = True) -> Response:
-    return await predict(dp, dp.version(dp.settings.api.default_model).spec, request, wait)
+async def predict_default(
+    dp: DataPlaneDep, caller: CallerDep, request: Request, wait: Annotated[bool, WAIT] = True,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:  # fmt: skip
+    spec = dp.version(dp.settings.api.default_model).spec
+    return await predict(dp, spec, request, wait, caller, idempotency_key)
 
 
 @router.post("/models/{name}/predict", include_in_schema=False)
-async def predict_model(dp: DataPlaneDep, name: str, request: Request, wait: Annotated[bool, WAIT] = True) -> Response:
-    return await predict(dp, dp.version(name).spec, request, wait)
+async def predict_model(
+    dp: DataPlaneDep, caller: CallerDep, name: str, request: Request, wait: Annotated[bool, WAIT] = True,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:  # fmt: skip
+    return await predict(dp, dp.version(name).spec, request, wait, caller, idempotency_key)
 
 
 @router.post("/models/{name}/versions/{version}/predict", include_in_schema=False)
 async def predict_version(
-    dp: DataPlaneDep, name: str, version: Version, request: Request, wait: Annotated[bool, WAIT] = True
-) -> Response:
-    return await predict(dp, dp.version(name, version).spec, request, wait)
+    dp: DataPlaneDep, caller: CallerDep, name: str, version: Version, request: Request,
+    wait: Annotated[bool, WAIT] = True, idempotency_key: IdempotencyKey = None,
+) -> Response:  # fmt: skip
+    return await predict(dp, dp.version(name, version).spec, request, wait, caller, idempotency_key)
 
 
 def _error(loc: tuple[str | int, ...], type_: str, msg: str) -> dict[str, Any]:
@@ -93,8 +106,14 @@ def _server_timing(inferred: Inferred, started: float) -> str:
     return ", ".join(parts)
 
 
-async def predict(dp: DataPlane, spec: ModelSpec, request: Request, wait: bool) -> Response:
+async def predict(
+    dp: DataPlane, spec: ModelSpec, request: Request, wait: bool, caller: Caller, idempotency_key: str | None
+) -> Response:
     started = time.perf_counter()
+    dp.permit(caller, model=spec.name)
+    idempotent = None
+    if idempotency_key is not None:
+        idempotent = Idempotent(request.url.path, check_idempotency_key(idempotency_key))
     try:
         items, batch = parse(await request.body(), dp.settings.api.max_instances)
     except (MalformedBody, RequestValidationError):
@@ -108,7 +127,7 @@ async def predict(dp: DataPlane, spec: ModelSpec, request: Request, wait: bool) 
             index, *field = err["loc"]
             err["loc"] = (*prefix, index, *field) if batch else (*prefix, *field)
         raise
-    answer = await dp.infer(spec, rows, wait)
+    answer = await dp.infer(spec, rows, wait, caller, idempotent)
     if not isinstance(answer, Inferred):
         if batch:
             return json_response(BatchAccepted(ids=answer.ids).model_dump(), 202)
