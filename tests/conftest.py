@@ -128,7 +128,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """An engine on an emptied predictions table."""
     engine = engine_for(settings.require_database_url())
     async with engine.begin() as conn:
-        await conn.execute(sa.text("TRUNCATE predictions"))
+        await conn.execute(sa.text("TRUNCATE predictions, drift_counts"))
     yield engine
     await engine.dispose()
 

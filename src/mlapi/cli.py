@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, help="training data (CSV) for diabetes-risk")
     train.add_argument("--out", type=Path, help="folder of the bundled models (default: MLAPI_BUNDLED_MODELS_DIR)")
     train.add_argument("--version", type=int, default=1, help="version the trained spec is checked as")
+    train.add_argument(
+        "--profile-only", action="store_true",
+        help="only write the reference profile (profile.json) of the model trained before, from its training split",
+    )  # fmt: skip
     _models_parser(commands.add_parser("models", help="add, list, promote and remove the models served"))
     bench = commands.add_parser("bench", help="benchmark mlapi against the alternatives")
     bench.add_argument("--quick", action="store_true", help="short run for development")
@@ -91,6 +95,17 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     remove.add_argument("version", type=int, nargs="?")
 
 
+def _train(args: argparse.Namespace, settings: Settings) -> None:
+    from mlapi.models.train import train_named
+
+    out = args.out or settings.bundled_models_dir
+    spec = train_named(args.name, args.data, out, args.version, only_profile=args.profile_only)
+    if args.profile_only:
+        print(f"profiled {spec.name}: {out / spec.name / 'profile.json'}")
+    else:
+        print(f"trained {spec.name} v{spec.version}: {json.dumps(spec.metrics)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "models":  # a client of the API: it needs none of the services' settings
@@ -131,10 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         for line in migrate(settings.require_database_url(), settings.bundled_models_dir, settings.admin_key):
             print(line)
     elif args.command == "train":
-        from mlapi.models.train import train_named
-
-        spec = train_named(args.name, args.data, args.out or settings.bundled_models_dir, args.version)
-        print(f"trained {spec.name} v{spec.version}: {json.dumps(spec.metrics)}")
+        _train(args, settings)
     elif args.command == "bench":
         from mlapi.bench import run_bench
 

@@ -26,7 +26,18 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from mlapi.models.spec import NAME_PATTERN, SpecBody
-from mlapi.schemas import BatchOut, ModelSummary, Page, PredictionOut, PredictionRecord, VersionInfo
+from mlapi.schemas import (
+    BatchOut,
+    DriftReport,
+    Feedback,
+    FeedbackList,
+    ModelSummary,
+    Page,
+    PredictionOut,
+    PredictionRecord,
+    QualityReport,
+    VersionInfo,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +51,8 @@ BATCH = 256
 """Rows sent per prediction request: the API's default `max_instances`."""
 PAGE = 500
 """Most history records the API returns per page."""
+FEEDBACK_BATCH = 1000
+"""Most feedback items `POST /feedback` takes."""
 T = TypeVar("T")
 
 
@@ -142,7 +155,8 @@ class Client:
             f"/models/{name}/versions",
             params={"promote": "true"} if promote else None,
             files={"artifact": (upload.filename, upload.artifact, "application/octet-stream")},
-            data={"spec": upload.spec.model_dump_json()},
+            data={"spec": upload.spec.model_dump_json()}
+            | ({"profile": upload.profile.model_dump_json()} if upload.profile is not None else {}),
         )
         return _parse(response, VersionInfo, "a version")
 
@@ -213,6 +227,26 @@ class Client:
                 break
         return records[:limit]
 
+    def feedback(self, truths: Mapping[str, str | int | float]) -> list[Feedback]:
+        """Ground truth by prediction id: a class's label (str) or index (int), or a regressor's value (float);
+        sent 1,000 per request, each request all or nothing."""
+        items = [{"id": k, "value" if isinstance(v, float) else "label": v} for k, v in truths.items()]
+        stored: list[Feedback] = []
+        for start in range(0, len(items), FEEDBACK_BATCH):
+            body = {"items": items[start : start + FEEDBACK_BATCH]}
+            stored += _parse(self._request("POST", "/feedback", json=body), FeedbackList, "feedback").items
+        return stored
+
+    def quality(self, name: str, **params: Any) -> QualityReport:
+        """Live quality per version (`version`, `since`, `until`, `bucket` as `GET /models/{name}/quality` takes)."""
+        check_name(name)
+        return _parse(self._request("GET", f"/models/{name}/quality", params=_params(params)), QualityReport, "quality")
+
+    def drift(self, name: str, **params: Any) -> DriftReport:
+        """Drift per version against the training data (`version`, `since`, `until`)."""
+        check_name(name)
+        return _parse(self._request("GET", f"/models/{name}/drift", params=_params(params)), DriftReport, "drift")
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
@@ -226,6 +260,10 @@ class Client:
         if response.is_error:
             raise ApiError(response.status_code, _detail(response), response.reason_phrase)
         return response
+
+
+def _params(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v.isoformat() if isinstance(v, datetime) else str(v) for k, v in params.items() if v is not None}
 
 
 def _detail(response: httpx.Response) -> object:

@@ -3,10 +3,11 @@ version's spec (`ModelSpec.sample_type`); the prediction fields are `mlapi.contr
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from mlapi.contract import Value
 from mlapi.models.spec import ModelSpec, Task
@@ -64,6 +65,7 @@ class PredictionRecord(BaseModel):
     created_at: datetime | None
     completed_at: datetime | None
     key: str | None = Field(None, description="Name of the API key that made it (null: made with auth off)")
+    feedback: Feedback | None = Field(None, description="The ground truth given for it, if any")
 
 
 class Page(BaseModel):
@@ -113,6 +115,7 @@ class VersionInfo(BaseModel):
     status: Literal["ready", "unavailable"] = Field(description="ready: a live worker holds it loaded")
     ready: int = Field(description="Live workers holding it loaded")
     load_errors: dict[str, str] = Field(description="Workers that could not load it, with their reasons")
+    profiled: bool = Field(False, description="Whether it has a reference profile of its training data (drift)")
     predict: str
     spec: ModelSpec
 
@@ -141,3 +144,122 @@ class ErrorWithIds(BaseModel):
     detail: str
     id: str | None = None
     ids: list[str] | None = None
+
+
+Label = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class FeedbackIn(BaseModel):
+    """Ground truth for a prediction: `label` (a class's label as a string, or its index as an integer) for a
+    classifier, `value` for a regressor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label | None = None
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FeedbackIn:
+        if (self.label is None) == (self.value is None):
+            raise ValueError("give exactly one of `label` (a classifier's class) and `value` (a regressor's)")
+        return self
+
+
+class FeedbackItem(FeedbackIn):
+    id: uuid.UUID
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FeedbackItem] = Field(min_length=1, max_length=1000)
+
+
+class Feedback(BaseModel):
+    """The ground truth stored for a prediction; the latest given wins."""
+
+    id: str
+    actual: int | float = Field(description="The true class's index, or a regressor's true value")
+    label: str | None = Field(None, description="Label of the true class")
+    created_at: datetime = Field(description="When this feedback was given")
+
+
+class FeedbackList(BaseModel):
+    items: list[Feedback]
+
+
+class QualityFigures(BaseModel):
+    start: datetime | None = Field(None, description="Start of the bucket; null for the whole window")
+    labelled: int = Field(description="Labelled predictions")
+    metrics: dict[str, float | None] = Field(
+        description="Classifiers: accuracy, roc_auc (binary), brier, log_loss, f1; regressors: mae, rmse, r2"
+    )
+
+
+class VersionQuality(BaseModel):
+    version: int
+    task: Task
+    holdout: dict[str, float | int] = Field(description="The version's holdout metrics, from when it was added")
+    overall: QualityFigures
+    buckets: list[QualityFigures] = Field(description="Buckets holding labelled predictions, oldest first")
+
+
+class QualityReport(BaseModel):
+    model: str
+    since: datetime
+    until: datetime
+    bucket: str
+    versions: list[VersionQuality]
+
+
+class DriftBin(BaseModel):
+    name: str
+    expected: float = Field(description="Share of the training data in this bin")
+    actual: float = Field(description="Share of the window's rows in this bin")
+
+
+class FeatureDrift(BaseModel):
+    name: str = Field(description="The feature; '' for the prediction")
+    kind: Literal["number", "category"]
+    psi: float | None = Field(description="Population stability index; null for an empty window")
+    verdict: Literal["stable", "watch", "drifted"] | None
+    outside_range: float | None = Field(None, description="Share of the window's values outside the training range")
+    bins: list[DriftBin]
+
+
+class VersionDrift(BaseModel):
+    version: int
+    rows: int = Field(description="Answered predictions of the version in the window")
+    profiled: bool = Field(description="Whether the version has a reference profile to compare with")
+    features: list[FeatureDrift]
+    prediction: FeatureDrift | None = Field(description="The distribution of the answers against the reference's")
+
+
+class DriftReport(BaseModel):
+    model: str
+    since: datetime
+    until: datetime
+    thresholds: dict[str, float] = Field(description="PSI below `watch` is stable, below `drifted` watch")
+    versions: list[VersionDrift]
+
+
+class TimeBucket(BaseModel):
+    start: datetime
+    counts: dict[str, int] = Field(description="Predictions per series: a class's label, `value`, `failed`")
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="Bin edges: bin i holds values in [edges[i], edges[i+1])")
+    counts: dict[str, list[int]] = Field(description="Counts per bin, per series")
+
+
+class Stats(BaseModel):
+    since: datetime
+    until: datetime
+    bucket_s: int
+    total: int
+    totals: dict[str, int] = Field(description="Predictions per series over the window")
+    over_time: list[TimeBucket] = Field(description="Non-empty buckets, oldest first")
+    probability: Histogram = Field(description="Probability of the predicted class, per label")
+    values: Histogram | None = Field(description="Regressors' predicted values")
+    latency_ms: dict[str, float | None] = Field(description="Percentiles (p50, p90, p95, p99) of creation to answer")

@@ -101,6 +101,19 @@ class WebSettings(BaseModel):
     """How often an open history page refreshes itself; 0 turns live updates off."""
 
 
+class QualitySettings(BaseModel):
+    psi_watch: float = Field(0.1, gt=0)
+    """A feature whose population stability index reaches this is `watch` (below it, `stable`)."""
+    psi_drifted: float = Field(0.25, gt=0)
+    """A feature whose population stability index reaches this is `drifted`."""
+    window_days: float = Field(7.0, gt=0)
+    """Default window of `GET /models/{name}/quality` and of the quality gauges in /metrics."""
+    drift_window_h: float = Field(24.0, gt=0)
+    """Default window of `GET /models/{name}/drift` and of the drift gauges in /metrics."""
+    metrics_interval_s: float = Field(60.0, ge=0)
+    """The quality and drift gauges in /metrics are recomputed at a scrape at most this often."""
+
+
 class UpSettings(BaseModel):
     data_dir: Path = Path(".mlapi")
     """Where `mlapi up` keeps the embedded servers' data, so history survives a restart."""
@@ -136,6 +149,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
+    quality: QualitySettings = QualitySettings()
     up: UpSettings = UpSettings()
 
     def require_redis_url(self) -> str:

@@ -351,3 +351,24 @@ def test_concurrent_grpc_duplicates_with_one_idempotency_key_make_one_prediction
     assert prediction_id(grpc_infer(auth, key, idempotency_key="grpc-order-1")) in answered  # after: the answer
     with auth.client(auth.admin) as admin:
         assert ids(admin, key="grpc-retrier") == list(answered)
+
+
+def test_a_key_labels_and_measures_only_its_own_predictions(auth: Auth) -> None:
+    with auth.client(auth.alice) as alice, auth.client(auth.bob) as bob, auth.client(auth.admin) as admin:
+        mine = predict(alice)
+        assert bob.post(f"/predictions/{mine}/feedback", json={"label": 1}).status_code == 404
+        batch = bob.post("/feedback", json={"items": [{"id": mine, "label": 1}]})
+        assert batch.status_code == 422 and batch.json()["detail"][0]["status"] == 404
+        assert alice.post(f"/predictions/{mine}/feedback", json={"label": 1}).status_code == 200
+        theirs = predict(bob)
+        assert bob.post(f"/predictions/{theirs}/feedback", json={"label": 0}).status_code == 200
+
+        def labelled(client: httpx.Client) -> int:
+            versions = client.get("/models/diabetes-risk/quality").json()["versions"]
+            return sum(v["overall"]["labelled"] for v in versions)
+
+        assert labelled(alice) >= 1 and labelled(bob) >= 1 and labelled(admin) >= labelled(alice) + labelled(bob)
+        alice_total = alice.get("/predictions/stats").json()["total"]
+        assert alice_total == len(ids(alice))
+        assert admin.get("/predictions/stats").json()["total"] >= alice_total + 1
+        assert bob.get("/predictions/stats", params={"key": "alice"}).status_code == 403

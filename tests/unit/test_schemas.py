@@ -13,12 +13,13 @@ from mlapi.contract import OUTPUT_FIELDS, Output, Result
 from mlapi.runtimes import Runtime
 from mlapi.runtimes.sklearn import SklearnModel
 from mlapi.schemas import PredictionOut, PredictionRecord
-from mlapi.storage.repository import COLUMNS
+from mlapi.storage.repository import COLUMNS, FEEDBACK_COLUMNS
 from mlapi.storage.tables import predictions
 from mlapi.worker.batching import Planner
 from tests.unit.test_batching import delivery, regressor
 
-TABLE = {c.name for c in predictions.columns}
+TABLE = {c.name for c in predictions.columns} - set(FEEDBACK_COLUMNS)
+"""What the workers write: every column but the ground truth feedback sets."""
 
 
 def history_rows(runtime: Runtime, *rows: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,11 +22,13 @@ from mlapi.api.dispatcher import READER, ReplyDispatcher
 from mlapi.api.errors import add_error_handlers
 from mlapi.api.limits import BodyLimit
 from mlapi.api.metrics import Metrics
-from mlapi.api.routes import history, meta, models, predict
+from mlapi.api.quality import QualityPlane
+from mlapi.api.routes import history, meta, models, predict, quality
 from mlapi.faults import Faults
 from mlapi.oip import rest as oip_rest
 from mlapi.settings import Settings
 from mlapi.storage.keys import KeyRepository
+from mlapi.storage.quality import QualityRepository
 from mlapi.storage.registry import RegistryRepository
 from mlapi.storage.repository import PredictionRepository, engine_for
 from mlapi.watch import KEY_TASK, TASK, EventWatch, RegistryWatch, key_watch
@@ -41,7 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     redis_url, database_url = settings.require_redis_url(), settings.require_database_url()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, DataPlane]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, DataPlane | QualityPlane]]:
         redis = queue.connect(redis_url)
         engine = engine_for(database_url)
         registry = RegistryRepository(engine)
@@ -84,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                 from mlapi.oip import server as oip_server
 
                 grpc_server = await oip_server.start(dp, settings.api.host, settings.api.grpc_port)
-            yield {"dataplane": dp}
+            yield {"dataplane": dp, "quality": QualityPlane(dp, QualityRepository(engine))}
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(oip_server.STOP_GRACE_S)
@@ -103,7 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
         "Models and their versions are added, promoted and removed at run time.",
         lifespan=lifespan,
     )
-    for router in (predict.router, models.router, history.router, meta.router, oip_rest.router):
+    # quality before history: `/predictions/stats` is not a prediction's id
+    for router in (predict.router, models.router, quality.router, history.router, meta.router, oip_rest.router):
         app.include_router(router)
     openapi.install(app)
     add_error_handlers(app)

@@ -42,6 +42,7 @@ from mlapi.api.access import (
 from mlapi.api.dispatcher import BrokerUnavailable, PredictionTimeout, ReplyDispatcher
 from mlapi.api.metrics import Metrics
 from mlapi.contract import Job, Reply, Result, Row, Timings, Validation, Value
+from mlapi.models.profile import Profile
 from mlapi.models.spec import NAME_PATTERN, ModelSpec, SpecBody
 from mlapi.settings import Settings
 from mlapi.storage.registry import Conflict, Model, NotFound, RegistryRepository, Snapshot, Version, sha256
@@ -369,14 +370,18 @@ class DataPlane:
         errors = await queue.load_errors(self.redis, key, self.settings.worker.liveness_ms)
         return VersionState(model, version, ready, errors)
 
-    async def add_version(self, name: str, spec_json: str | bytes, artifact: bytes, *, promote: bool) -> Version:
-        """Check, have a worker load-check, then store a new version; refused without storing anything."""
+    async def add_version(
+        self, name: str, spec_json: str | bytes, artifact: bytes, *, promote: bool, profile_json: str | None = None
+    ) -> Version:
+        """Check, have a worker load-check, then store a new version (with the reference profile of its training
+        data, where given); refused without storing anything."""
         if not re.fullmatch(NAME_PATTERN, name):
             raise Refused(f"invalid model name {name!r}: lower-case letters, digits and '-', at most 63")
         try:
             body = SpecBody.model_validate_json(spec_json)
         except ValidationError as e:
             raise Refused(f"invalid spec: {_describe(e)}") from None
+        profile = _profile(body, profile_json)
         if reason := runtimes.check_format(body.runtime, artifact):
             raise Refused(reason)
         digest = sha256(artifact)
@@ -389,7 +394,7 @@ class DataPlane:
         except (ValidationError, TypeError, ValueError) as e:
             raise Refused(f"invalid spec: {e}") from None
         await self._load_check(spec, artifact)
-        stored = await self.registry.add_version(name, body, artifact, promote=promote)
+        stored = await self.registry.add_version(name, body, artifact, promote=promote, profile=profile)
         await self._changed("added", name, stored.version)
         return self.version(name, stored.version)
 
@@ -451,6 +456,19 @@ class DataPlane:
             log.warning("could not announce the registry change (%s %s %s): %s", kind, name, number, e)
         if self.refresh is not None:
             await self.refresh()
+
+
+def _profile(body: SpecBody, profile_json: str | None) -> Profile | None:
+    if profile_json is None:
+        return None
+    try:
+        profile = Profile.model_validate_json(profile_json)
+        profile.check(body)
+    except ValidationError as e:
+        raise Refused(f"invalid profile: {_describe(e)}") from None
+    except ValueError as e:
+        raise Refused(f"invalid profile: {e}") from None
+    return profile
 
 
 def _result(row: dict[str, Any]) -> Result:

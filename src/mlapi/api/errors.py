@@ -32,6 +32,7 @@ from mlapi.api.dataplane import (
     Unavailable,
 )
 from mlapi.api.limits import BodyTooLarge
+from mlapi.api.quality import InvalidFeedback, InvalidQuery, LabelRefused
 from mlapi.storage.repository import InvalidCursor
 
 log = logging.getLogger("mlapi.api")
@@ -78,7 +79,7 @@ def add_error_handlers(app: FastAPI) -> None:
     for exc, status in (
         (MalformedBody, 400), (InvalidCursor, 400), (InvalidIdempotencyKey, 400), (Unauthenticated, 401),
         (Forbidden, 403), (NotFound, 404), (Conflict, 409), (BodyTooLarge, 413), (Refused, 422),
-        (IdempotencyMismatch, 422), (RateLimited, 429), (Unavailable, 503),
+        (IdempotencyMismatch, 422), (InvalidQuery, 422), (LabelRefused, 422), (RateLimited, 429), (Unavailable, 503),
     ):  # fmt: skip
         app.add_exception_handler(exc, handler(status))
     app.add_exception_handler(IdempotencyConflict, handler(409, with_ids=True))
@@ -101,6 +102,11 @@ def add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, InvalidInput)
         return JSONResponse({"detail": jsonable_encoder(exc.errors)}, 422)
 
+    async def invalid_feedback(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidFeedback)
+        return json_response({"detail": exc.errors}, 422)
+
+    app.add_exception_handler(InvalidFeedback, invalid_feedback)
     app.add_exception_handler(RedisError, broker_down)
     app.add_exception_handler(OperationalError, database_down)
     app.add_exception_handler(DBAPIError, database_down)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
@@ -63,6 +63,16 @@ class Metrics:
             name: Gauge(f"mlapi_queue_{name}", text, ["model", "version"], registry=self.registry)
             for name, text in queue.STATS.items()
         }
+        self._quality = Gauge(
+            "mlapi_model_quality", "Live quality over the quality window (MLAPI_QUALITY__WINDOW_DAYS) of labelled "
+            "predictions, per model version and metric (labelled: their count)", ["model", "version", "metric"],
+            registry=self.registry,
+        )  # fmt: skip
+        self._drift = Gauge(
+            "mlapi_model_drift_psi", "Population stability index of a feature's values (or of the predictions) over "
+            "the drift window (MLAPI_QUALITY__DRIFT_WINDOW_H) against the version's training data",
+            ["model", "version", "feature"], registry=self.registry,
+        )  # fmt: skip
         self._dead = Gauge(
             "mlapi_queue_dead_letters", "Entries in the model's dead-letter stream", ["model"], registry=self.registry
         )
@@ -75,6 +85,15 @@ class Metrics:
             self.stage.labels("predict").observe(t.predict_ms / 1000)
             self.stage.labels("store").observe(t.store_ms / 1000)
             self.batch_rows.observe(t.batch_rows)
+
+    def set_quality(
+        self, quality: Mapping[tuple[str, str, str], float], drift: Mapping[tuple[str, str, str], float]
+    ) -> None:
+        """Replace the quality and drift gauges (a version no longer measured loses its series)."""
+        for gauge, values in ((self._quality, quality), (self._drift, drift)):
+            gauge.clear()
+            for labels, value in values.items():
+                gauge.labels(*labels).set(value)
 
     async def render(self, redis: Redis, keys: Sequence[queue.Key], liveness_ms: int) -> bytes:
         """The process's metrics, with every model version's queue as Redis sees it now."""

@@ -25,6 +25,8 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_
 
 from mlapi import runtimes
 from mlapi.contract import Output, Value
+from mlapi.models import profile
+from mlapi.models.profile import Profile
 from mlapi.models.spec import DataInfo, Feature, ModelSpec, SpecBody, Task
 from mlapi.runtimes import Inspection, Runtime
 
@@ -63,7 +65,13 @@ def frame_info(frame: pd.DataFrame) -> DataInfo:
     return DataInfo(source="data frame", sha256=hashlib.sha256(csv).hexdigest(), rows=len(frame))
 
 
-def infer_spec(
+def infer_spec(found: Inspection, artifact: bytes, data: pd.DataFrame | None, target: str | None,
+               **given: Any) -> SpecBody:  # fmt: skip
+    """`infer_version`'s spec alone."""
+    return infer_version(found, artifact, data, target, **given)[0]
+
+
+def infer_version(
     found: Inspection,
     artifact: bytes,
     data: pd.DataFrame | None,
@@ -76,8 +84,9 @@ def infer_spec(
     trusted: Sequence[str] = (),
     data_info: DataInfo | None = None,
     name: str = "model",
-) -> SpecBody:
-    """The spec of an artifact of `runtime`, from what it records (`found`) and from a sample of data.
+) -> tuple[SpecBody, Profile | None]:
+    """The spec of an artifact of `runtime`, from what it records (`found`) and from a sample of data; and with
+    data, the reference profile of that data (`reference_profile`).
 
     - features: the names the artifact records (as the data's columns name them, where LightGBM recorded a space
       as `_`), else the columns of `data` without `target`, in order (as many as the model takes, where it
@@ -121,9 +130,25 @@ def infer_spec(
         raise InferError(f"the inferred spec is not valid: {e}") from e
     spec = ModelSpec(**body.model_dump(), name=name, version=1)
     model = runtimes.load(spec, artifact)
-    if data is None or target is None:
-        return body
-    return body.model_copy(update={"metrics": measure(model, data, target)})
+    if data is None:
+        return body, None
+    profile = reference_profile(model, data)
+    if target is None:
+        return body, profile
+    return body.model_copy(update={"metrics": measure(model, data, target)}), profile
+
+
+def reference_profile(model: Runtime, data: pd.DataFrame) -> Profile:
+    """The profile drift is measured against: the features of `data`'s complete rows, and the loaded runtime's
+    answers on them, fed as requests are."""
+    spec = model.spec
+    rows = data[[f.name for f in spec.features]].dropna()
+    if rows.empty:
+        raise InferError("no row of the data holds every feature: the reference profile needs some")
+    answers = [o.prediction for o in _predict(model, spec, rows)]
+    if spec.task == "regression":
+        return profile.compute(spec, rows, [float(a or 0) for a in answers])
+    return profile.compute(spec, rows, [spec.labels[int(a or 0)] for a in answers])
 
 
 def framework(runtime: str) -> dict[str, str]:

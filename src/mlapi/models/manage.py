@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from mlapi import runtimes
 from mlapi.cli import columns
 from mlapi.client import Client, ClientError, check_name
+from mlapi.models.profile import Profile
 from mlapi.models.spec import ModelSpec, SpecBody
 from mlapi.schemas import ModelSummary
 
@@ -50,6 +51,8 @@ class Upload:
     filename: str
     artifact: bytes
     spec: SpecBody
+    profile: Profile | None = None
+    """The reference profile of `--data`, which drift is measured against."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ def prepare(
         except runtimes.LoadError as e:
             raise ClientError(f"{artifact.filename} does not load with its spec: {e}") from e
         return Upload(filename=artifact.filename, artifact=artifact.raw, spec=body)
-    return Upload(artifact.filename, artifact.raw, _infer(name, artifact, trusted, data, target, task, description))
+    body, profile = _infer(name, artifact, trusted, data, target, task, description)
+    return Upload(artifact.filename, artifact.raw, body, profile)
 
 
 def _given_spec(
@@ -234,13 +238,13 @@ def _infer(
     target: str | None,
     task: str | None,
     description: str | None,
-) -> SpecBody:
-    from mlapi.models.infer import InferError, infer_spec, read_data
+) -> tuple[SpecBody, Profile | None]:
+    from mlapi.models.infer import InferError, infer_version, read_data
 
     found = _inspect(artifact, trusted)
     try:
         frame, info = read_data(Path(data)) if isinstance(data, str | os.PathLike) else (data, None)
-        return infer_spec(
+        return infer_version(
             found, artifact.raw, frame, target, runtime=artifact.runtime, task=task, classes=artifact.classes,
             description=description or "", trusted=trusted, data_info=info, name=name,
         )  # fmt: skip

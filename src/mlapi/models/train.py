@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlapi import runtimes
-from mlapi.models.infer import classification_metrics
+from mlapi.models.infer import classification_metrics, reference_profile
+from mlapi.models.profile import PROFILE_FILE
 from mlapi.models.spec import ARTIFACT_FILE, SPEC_FILE, DataInfo, Feature, ModelSpec, SpecBody
 
 SEED = 42
@@ -127,14 +129,13 @@ def score(pipeline: Pipeline, x: pd.DataFrame, y: np.ndarray) -> dict[str, float
 
 
 def train(name: str, dataset: Dataset, out_dir: Path, version: int = 1) -> ModelSpec:
-    """Fit on a stratified 80 % split, score on the other 20 %, and write the model directory.
+    """Fit on a stratified 80 % split, score on the other 20 %, and write the model directory: the artifact, its
+    spec, and the reference profile of the training split (which drift is measured against).
 
     The spec trusts exactly the types skops does not trust by default that the artifact holds (the bundled
     pipelines hold only scikit-learn's own); loading it back through `mlapi.runtimes.load` proves both match.
     """
-    x_train, x_test, y_train, y_test = train_test_split(
-        dataset.frame, dataset.target, test_size=0.2, stratify=dataset.target, random_state=SEED
-    )
+    x_train, x_test, y_train, y_test = _split(dataset)
     pipeline = build_pipeline(dataset.features).fit(x_train, y_train)
     artifact = skops.io.dumps(pipeline)
     body = SpecBody(
@@ -154,13 +155,34 @@ def train(name: str, dataset: Dataset, out_dir: Path, version: int = 1) -> Model
     (directory / ARTIFACT_FILE).write_bytes(artifact)
     (directory / SPEC_FILE).write_text(body.model_dump_json(indent=2) + "\n")
     spec = ModelSpec.read(directory, version)
-    runtimes.load(spec, artifact)  # raises LoadError if the artifact and its spec do not serve together
+    model = runtimes.load(spec, artifact)  # raises LoadError if the artifact and its spec do not serve together
+    (directory / PROFILE_FILE).write_text(reference_profile(model, x_train).model_dump_json(indent=1) + "\n")
     return spec
 
 
-def train_named(name: str, data: Path | None, out_dir: Path, version: int = 1) -> ModelSpec:
+def _split(dataset: Dataset) -> list[Any]:
+    return train_test_split(  # type: ignore[no-any-return]
+        dataset.frame, dataset.target, test_size=0.2, stratify=dataset.target, random_state=SEED
+    )
+
+
+def profile_only(name: str, dataset: Dataset, out_dir: Path) -> ModelSpec:
+    """Write the reference profile of a bundled model trained earlier, from its training split, leaving its
+    artifact (and so its sha256) alone: `mlapi migrate` adds the profile to the version it seeded."""
+    directory = out_dir / name
+    spec = ModelSpec.read(directory)
+    model = runtimes.load(spec, (directory / ARTIFACT_FILE).read_bytes())
+    (directory / PROFILE_FILE).write_text(reference_profile(model, _split(dataset)[0]).model_dump_json(indent=1) + "\n")
+    return spec
+
+
+def train_named(
+    name: str, data: Path | None, out_dir: Path, version: int = 1, *, only_profile: bool = False
+) -> ModelSpec:
     if name == "diabetes-risk":
-        return train(name, diabetes_dataset(data or DEFAULT_DIABETES_DATA), out_dir, version)
-    if name == "iris":
-        return train(name, iris_dataset(), out_dir, version)
-    raise SystemExit(f"unknown model {name!r}: mlapi train knows diabetes-risk and iris")
+        dataset = diabetes_dataset(data or DEFAULT_DIABETES_DATA)
+    elif name == "iris":
+        dataset = iris_dataset()
+    else:
+        raise SystemExit(f"unknown model {name!r}: mlapi train knows diabetes-risk and iris")
+    return profile_only(name, dataset, out_dir) if only_profile else train(name, dataset, out_dir, version)

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mlapi.models.profile import PROFILE_FILE, Profile
 from mlapi.models.spec import ModelSpec, SpecBody
+from mlapi.storage.quality import add_profile
 from mlapi.storage.tables import model_versions, models
 
 
@@ -42,6 +44,8 @@ class Version:
     size: int
     origin: str
     created_at: datetime
+    profile: Profile | None = None
+    """The training data's reference profile, which drift compares the history with."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,19 @@ class RegistryRepository:
         return int(found or 1)
 
     async def add_version(
-        self, name: str, body: SpecBody, artifact: bytes, *, promote: bool, origin: str = "upload"
+        self,
+        name: str,
+        body: SpecBody,
+        artifact: bytes,
+        *,
+        promote: bool,
+        origin: str = "upload",
+        profile: Profile | None = None,
     ) -> ModelSpec:
-        """Store a new version (numbered by the registry); it becomes the default with `promote` or when the
-        model had none. Raises `Conflict` when the model already has an identical artifact."""
+        """Store a new version (numbered by the registry) with its reference profile; it becomes the default with
+        `promote` or when the model had none. Raises `Conflict` when the model already has an identical artifact."""
         async with self.engine.begin() as conn:
-            return await _insert_version(conn, name, body, artifact, promote=promote, origin=origin)
+            return await _insert_version(conn, name, body, artifact, promote=promote, origin=origin, profile=profile)
 
     async def promote(self, name: str, version: int) -> None:
         async with self.engine.begin() as conn:
@@ -135,11 +146,14 @@ class RegistryRepository:
             )
 
     async def seed(self, bundled: Mapping[str, tuple[ModelSpec, Path]]) -> list[str]:
-        """Add each bundled model's artifact unless the model already holds it (same sha256); a new bundled
-        version becomes the default only where the default is a bundled one. Returns what was done."""
+        """Add each bundled model's artifact unless the model already holds it (same sha256), with the reference
+        profile beside it (a held version without one gets it); a new bundled version becomes the default only
+        where the default is a bundled one. Returns what was done."""
         done = []
         for name, (spec, path) in bundled.items():
             artifact = path.read_bytes()
+            profile_path = path.parent / PROFILE_FILE
+            profile = Profile.model_validate_json(profile_path.read_bytes()) if profile_path.is_file() else None
             async with self.engine.begin() as conn:
                 try:
                     model = await _lock_model(conn, name, create=spec.description, revive=False)
@@ -150,7 +164,10 @@ class RegistryRepository:
                         model_versions.c.model == name, model_versions.c.sha256 == sha256(artifact)
                     )
                 )
-                if held.scalar() is not None:
+                if (version := held.scalar()) is not None:
+                    if profile is not None and await _profile_missing(conn, name, version):
+                        await add_profile(conn, name, version, profile.model_dump(mode="json"))
+                        done.append(f"added the reference profile to {name} version {version}")
                     continue
                 default_origin = None
                 if model["default_version"] is not None:
@@ -164,15 +181,26 @@ class RegistryRepository:
                     ).scalar()
                 body = SpecBody.model_validate(spec.model_dump(exclude={"name", "version"}))
                 stored = await _insert_version(
-                    conn, name, body, artifact, promote=default_origin in (None, "bundled"), origin="bundled"
-                )
+                    conn, name, body, artifact, promote=default_origin in (None, "bundled"), origin="bundled",
+                    profile=profile,
+                )  # fmt: skip
                 done.append(f"seeded {name} version {stored.version}")
         return done
 
 
 def _version(row: sa.RowMapping) -> Version:
     spec = ModelSpec.model_validate({**row["spec"], "name": row["model"], "version": row["version"]})
-    return Version(spec, row["sha256"], row["size"], row["origin"], row["created_at"])
+    profile = Profile.model_validate(row["profile"]) if row["profile"] is not None else None
+    return Version(spec, row["sha256"], row["size"], row["origin"], row["created_at"], profile)
+
+
+async def _profile_missing(conn: AsyncConnection, name: str, version: int) -> bool:
+    found = await conn.execute(
+        sa.select(model_versions.c.profile.is_(None)).where(
+            model_versions.c.model == name, model_versions.c.version == version
+        )
+    )
+    return bool(found.scalar())
 
 
 async def _lock_model(
@@ -202,7 +230,14 @@ async def _require_version(conn: AsyncConnection, name: str, version: int) -> No
 
 
 async def _insert_version(
-    conn: AsyncConnection, name: str, body: SpecBody, artifact: bytes, *, promote: bool, origin: str
+    conn: AsyncConnection,
+    name: str,
+    body: SpecBody,
+    artifact: bytes,
+    *,
+    promote: bool,
+    origin: str,
+    profile: Profile | None = None,
 ) -> ModelSpec:
     model = await _lock_model(conn, name, create=body.description)
     digest = sha256(artifact)
@@ -218,6 +253,7 @@ async def _insert_version(
             model=name, version=version, runtime=spec.runtime, task=spec.task,
             spec=body.model_dump(mode="json"), artifact=artifact, sha256=digest, size=len(artifact),
             trusted=spec.trusted, metrics=spec.metrics, origin=origin,
+            profile=profile.model_dump(mode="json") if profile is not None else sa.null(),
         )
     )  # fmt: skip
     update: dict[str, Any] = {"next_version": version + 1}

@@ -14,9 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from mlapi.storage.quality import count_bins
 from mlapi.storage.tables import predictions
 
-COLUMNS = [c.name for c in predictions.columns]
+FEEDBACK_COLUMNS = ("truth", "truth_value", "feedback_at")
+"""Written by feedback, never by the workers."""
+COLUMNS = [c.name for c in predictions.columns if c.name not in FEEDBACK_COLUMNS]
 _JSON_COLUMNS = {"features", "probabilities", "warnings"}
 
 
@@ -27,16 +30,19 @@ def _array_type(column: sa.Column[Any]) -> str:
 
 
 # One statement for a whole batch, whatever its size: the rows travel as one array per column, so the
-# statement text never changes and PostgreSQL plans it once. A redelivered message inserts nothing.
+# statement text never changes and PostgreSQL plans it once. A redelivered message inserts nothing, and so
+# counts nothing into the drift rollup, which the same statement adds the inserted rows to.
 _INSERT = sa.text(
-    f"INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{c.name} AS {_array_type(c)}[])" for c in predictions.columns)
-    + ") ON CONFLICT (id) DO NOTHING"
+    f"WITH new AS (INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{c.name} AS {_array_type(c)}[])" for c in predictions.columns if c.name in COLUMNS)
+    + ") ON CONFLICT (id) DO NOTHING RETURNING *)"
+    + count_bins("new")
 )
 
 
-_OUTAGE_SQLSTATES = ("08", "57P", "53")
-"""Connection exceptions, the server shutting down or starting, insufficient resources."""
+_OUTAGE_SQLSTATES = ("08", "57P", "53", "40001", "40P01")
+"""Connection exceptions, the server shutting down or starting, insufficient resources; and a transaction the
+server rolled back to be tried again (a serialization failure or a deadlock)."""
 
 
 def database_unreachable(e: BaseException) -> bool:
@@ -88,6 +94,8 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
     prediction: int | None = None
+    labelled: bool | None = None
+    """Only predictions with (True) or without (False) ground truth."""
 
 
 class PredictionRepository:
@@ -141,6 +149,8 @@ class PredictionRepository:
             query = query.where(t.created_at < filters.until)
         if filters.prediction is not None:
             query = query.where(t.prediction == filters.prediction)
+        if filters.labelled is not None:
+            query = query.where(t.feedback_at.isnot(None) if filters.labelled else t.feedback_at.is_(None))
         async with self._single.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
         if len(rows) <= limit:

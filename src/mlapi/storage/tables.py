@@ -28,12 +28,24 @@ predictions = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("completed_at", sa.DateTime(timezone=True)),
+    # Ground truth (the latest feedback wins): a classifier's true class index, or a regressor's true value.
+    sa.Column("truth", sa.Integer),
+    sa.Column("truth_value", sa.Double),
+    sa.Column("feedback_at", sa.DateTime(timezone=True)),
     # The name of the API key that made it (null: made with auth off); a key reads only its own rows.
     sa.Column("key", sa.Text),
     sa.CheckConstraint(f"status IN {STATUSES}", name="ck_predictions_status"),
     sa.CheckConstraint(f"task IN {TASKS}", name="ck_predictions_task"),
     sa.Index("ix_predictions_created", sa.text("created_at DESC"), sa.text("id DESC")),
     sa.Index("ix_predictions_model_created", "model", sa.text("created_at DESC"), sa.text("id DESC")),
+    # Live quality reads only labelled rows of one model version in a window.
+    sa.Index(
+        "ix_predictions_labelled",
+        "model",
+        "model_version",
+        "created_at",
+        postgresql_where=sa.text("feedback_at IS NOT NULL"),
+    ),
     sa.Index("ix_predictions_key_created", "key", sa.text("created_at DESC"), sa.text("id DESC")),
 )
 
@@ -82,6 +94,22 @@ model_versions = sa.Table(
     # `bundled` for versions `mlapi migrate` seeds from the package, `upload` for the rest.
     sa.Column("origin", sa.Text, nullable=False, server_default="upload"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # The reference profile of the training data (`mlapi.models.profile.Profile`), which drift compares with.
+    sa.Column("profile", JSONB),
     sa.CheckConstraint(f"task IN {TASKS}", name="ck_model_versions_task"),
     sa.UniqueConstraint("model", "sha256", name="uq_model_versions_sha256"),
+)
+
+drift_counts = sa.Table(
+    "drift_counts",
+    metadata,
+    # Rows answered per model version, minute, profiled column and bin, kept by the workers in the statement that
+    # stores the rows (so a redelivered row, which inserts nothing, counts nothing). `feature` '' is the
+    # prediction; `bin` -1 counts numbers outside the training range (besides their own bin).
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("minute", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("feature", sa.Text, primary_key=True),
+    sa.Column("bin", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlapi.models.spec import ModelSpec
 from mlapi.schemas import ModelSummary, PredictionRecord
 from mlapi.settings import Settings
-from mlapi.web import charts, describe
+from mlapi.web import charts, describe, quality_charts
 from mlapi.web.client import Answer, ApiClient, ApiError, ApiProblem, InvalidSample
 from mlapi.web.forms import (
     RESERVED,
@@ -261,6 +261,44 @@ async def prediction_page(request: Request) -> Response:
     return render(request, "prediction.html", context)
 
 
+async def feedback(request: Request) -> Response:
+    """The "Was this right?" control: the true label or value, then back to the prediction."""
+    prediction_id = str(request.path_params["prediction_id"])
+    form = await _form(request)
+    truth: dict[str, str | int | float]
+    if form.get("value", "").strip():
+        try:
+            truth = {"value": float(form["value"])}
+        except ValueError:
+            raise HTTPException(422, f"{form['value']!r} is not a number") from None
+    elif form.get("label"):
+        truth = {"label": form["label"]}
+    else:
+        raise HTTPException(422, "give the true label or value")
+    await api(request).feedback(prediction_id, truth)
+    return RedirectResponse(f"/predictions/{prediction_id}", 303)
+
+
+async def _model_report(client: ApiClient, model: ModelSummary) -> dict[str, Any]:
+    versions, quality, drift = await asyncio.gather(
+        client.versions(model.name), client.quality(model.name), client.drift(model.name)
+    )
+    return {
+        "model": model, "versions": versions, "quality": quality, "drift": drift,
+        "charts": [quality_charts.quality_over_time(model.name, q) for q in quality.versions],
+        "headline": {q.version: quality_charts.headline(q) for q in quality.versions},
+    }  # fmt: skip
+
+
+async def models_page(request: Request) -> Response:
+    """Every model: its versions with the default and holdout metrics, live quality beside the holdout figure,
+    and drift per feature."""
+    client = api(request)
+    reports = await asyncio.gather(*(_model_report(client, m) for m in await _models(request)))
+    context = {"nav": "models", "reports": reports, "bar": quality_charts.psi_bar_width}
+    return render(request, "models.html", context)
+
+
 async def index(request: Request) -> Response:
     return RedirectResponse("/predict", 307)
 
@@ -374,6 +412,8 @@ def create_app(settings: Settings, api_transport: httpx.AsyncBaseTransport | Non
             Route("/signin", signin_page, methods=["GET", "POST"]),
             Route("/signout", signout, methods=["POST"]),
             Route("/predictions/{prediction_id:uuid}", prediction_page),
+            Route("/predictions/{prediction_id:uuid}/feedback", feedback, methods=["POST"]),
+            Route("/models", models_page),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],

@@ -10,9 +10,22 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mlapi.contract import Value
-from mlapi.schemas import Caller, ModelDetail, ModelSummary, Page, PredictionOut, PredictionRecord, VersionInfo
+from mlapi.schemas import (
+    Caller,
+    DriftReport,
+    Feedback,
+    ModelDetail,
+    ModelSummary,
+    Page,
+    PredictionOut,
+    PredictionRecord,
+    QualityReport,
+    Stats,
+    VersionInfo,
+)
 
 _MODELS = TypeAdapter(list[ModelSummary])
+_VERSIONS = TypeAdapter(list[VersionInfo])
 
 
 class ApiProblem(Exception):
@@ -136,6 +149,9 @@ class ApiClient:
         """The model's default version's spec, and its versions."""
         return await self._get(f"/models/{name}", ModelDetail)  # type: ignore[no-any-return]
 
+    async def versions(self, name: str) -> list[VersionInfo]:
+        return await self._get(f"/models/{name}/versions", _VERSIONS)  # type: ignore[no-any-return]
+
     async def version(self, name: str, version: int) -> VersionInfo:
         return await self._get(f"/models/{name}/versions/{version}", VersionInfo)  # type: ignore[no-any-return]
 
@@ -164,6 +180,23 @@ class ApiClient:
             if value is not None:
                 params[key] = value
         return await self._get("/predictions", Page, params=params)  # type: ignore[no-any-return]
+
+    async def feedback(self, prediction_id: str, truth: dict[str, str | int | float]) -> Feedback:
+        """Store ground truth (`{"label": ...}` or `{"value": ...}`) for a prediction."""
+        response = await self._send("POST", f"/predictions/{prediction_id}/feedback", json=truth)
+        self._raise_for(response)
+        return self._decode(response, Feedback)  # type: ignore[no-any-return]
+
+    async def quality(self, name: str) -> QualityReport:
+        return await self._get(f"/models/{name}/quality", QualityReport)  # type: ignore[no-any-return]
+
+    async def drift(self, name: str) -> DriftReport:
+        return await self._get(f"/models/{name}/drift", DriftReport)  # type: ignore[no-any-return]
+
+    async def stats(self, model: str | None = None, prediction: int | None = None) -> Stats:
+        """The whole history's statistics (of one model, one predicted class), in about 24 buckets."""
+        params = {k: v for k, v in (("model", model), ("prediction", prediction)) if v is not None}
+        return await self._get("/predictions/stats", Stats, params=params)  # type: ignore[no-any-return]
 
     async def prediction(self, prediction_id: str) -> PredictionRecord:
         return await self._get(f"/predictions/{prediction_id}", PredictionRecord)  # type: ignore[no-any-return]

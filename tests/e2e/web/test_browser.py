@@ -7,10 +7,12 @@ import re
 import time
 from typing import Any
 
+import pandas as pd
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from mlapi.servers import free_port
+from tests.conftest import DATASET
 from tests.e2e.web.conftest import PAGE_SIZE, SCREENSHOTS, Regressor, Web, start_web
 
 pytestmark = pytest.mark.e2e
@@ -279,3 +281,30 @@ def test_the_history_shows_a_regressors_values(page: Page, web: Web, regressor: 
     expect(page.locator(".verdict-value")).to_be_visible()
     expect(page.locator("dl.facts")).to_contain_text(f"{regressor.name} v1")
     expect(page.get_by_role("row", name=re.compile("Petal length"))).to_be_visible()
+
+
+def test_was_this_right_and_the_models_page(page: Page, web: Web) -> None:
+    """Feedback from a prediction's page, then live quality beside the holdout and drift on the Models page."""
+    rows = pd.read_csv(DATASET).iloc[70_000:70_250]
+    truth = rows.pop("diabetes").tolist()
+    with web.api() as api:
+        answers = api.post("/predict", json={"instances": rows.to_dict("records")}).json()["predictions"]
+        items = [{"id": a["id"], "label": t} for a, t in zip(answers[1:], truth[1:], strict=True)]
+        assert api.post("/feedback", json={"items": items}).status_code == 200
+    first = answers[0]
+    page.goto(f"{web.url}/predictions/{first['id']}")
+    control = page.get_by_role("group", name="Was this right?")
+    other = "diabetes" if first["label"] == "no diabetes" else "no diabetes"
+    control.get_by_label("No, it was").select_option(other)
+    control.get_by_role("button", name="Save").click()
+    expect(page.locator(".feedback-given")).to_contain_text(f"Recorded as {other}")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
+    section = page.locator("section.model-report", has=page.get_by_role("heading", name="diabetes-risk", exact=True))
+    expect(section.locator("table.versions")).to_contain_text("roc_auc")
+    expect(section.locator("figure.chart-card svg.chart").first).to_be_visible()
+    expect(section.locator("figure.chart-card .chart-summary").first).to_contain_text("against")
+    drift = section.locator("table.drift").first
+    expect(drift.locator("tbody tr")).to_have_count(9)  # eight features and the prediction
+    expect(drift.locator(".verdict-tag").first).to_have_text(re.compile("^(stable|watch|drifted)$"))
+    page.screenshot(path=SCREENSHOTS / "models.png", full_page=True)

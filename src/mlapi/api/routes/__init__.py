@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from mlapi.api.access import Caller, credential
 from mlapi.api.dataplane import DataPlane
+from mlapi.api.quality import QualityPlane
 from mlapi.schemas import Error
 
 
@@ -19,6 +20,12 @@ async def dataplane(request: Request) -> DataPlane:
 
 DataPlaneDep = Annotated[DataPlane, Depends(dataplane)]
 
+
+async def quality_plane(request: Request) -> QualityPlane:
+    return request.state.quality  # type: ignore[no-any-return]
+
+
+QualityDep = Annotated[QualityPlane, Depends(quality_plane)]
 # Declared as FastAPI's security schemes, so /docs has an Authorize button; the core reads the values.
 bearer = HTTPBearer(
     scheme_name="bearer", auto_error=False, description="`Authorization: Bearer <key>` (`mlapi keys create`)"

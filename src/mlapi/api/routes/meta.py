@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
 
 from mlapi import queue
 from mlapi.api.dataplane import DataPlane
 from mlapi.api.errors import json_response
-from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep, operator
+from mlapi.api.routes import AUTH_RESPONSES, CallerDep, DataPlaneDep, QualityDep, operator
 from mlapi.schemas import Caller as CallerOut
 
 router = APIRouter(tags=["meta"])
+log = logging.getLogger("mlapi.api")
 
 
 @router.get("/")
@@ -94,10 +97,15 @@ async def readyz(dp: DataPlaneDep) -> Response:
 
 
 @router.get("/metrics", response_class=Response, dependencies=[Depends(operator)])
-async def metrics(dp: DataPlaneDep) -> Response:
-    """Prometheus metrics: this process's requests, and each model version's queue (length, lag, pending,
-    live workers) and each model's dead letters."""
+async def metrics(dp: DataPlaneDep, quality: QualityDep) -> Response:
+    """Prometheus metrics: this process's requests, each model version's queue (length, lag, pending, live
+    workers), each model's dead letters, and each version's live quality and drift (recomputed at most every
+    MLAPI_QUALITY__METRICS_INTERVAL_S)."""
     dp.metrics.in_flight.set(dp.dispatcher.in_flight)
+    try:
+        await quality.update_gauges()
+    except (SQLAlchemyError, OSError) as e:  # the other metrics matter most when the database is away
+        log.warning("quality and drift gauges not updated: %s", e)
     keys = [(m.name, v) for m in dp.snapshot.values() for v in m.versions]
     body = await dp.metrics.render(dp.redis, keys, dp.settings.worker.liveness_ms)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -33,7 +33,7 @@ def _info(state: VersionState) -> VersionInfo:
         model=spec.name, version=spec.version, default=state.model.default_version == spec.version,
         runtime=spec.runtime, task=spec.task, sha256=version.sha256, size=version.size, trusted=spec.trusted,
         metrics=spec.metrics, created_at=version.created_at, status="ready" if state.ready else "unavailable",
-        ready=state.ready, load_errors=state.load_errors,
+        ready=state.ready, load_errors=state.load_errors, profiled=version.profile is not None,
         predict=f"/models/{spec.name}/versions/{spec.version}/predict", spec=spec,
     )  # fmt: skip
 
@@ -98,6 +98,13 @@ async def add_version(
     caller: CallerDep,
     artifact: Annotated[UploadFile, File(description="The trained model (skops for scikit-learn)")],
     spec: Annotated[str, Form(description="The version's spec as JSON (`SpecBody`; `mlapi models add` infers it)")],
+    profile: Annotated[
+        str | None,
+        Form(
+            description="The training data's reference profile as JSON (`Profile`; `mlapi models add --data` "
+            "computes it), which drift is measured against"
+        ),
+    ] = None,
     promote: bool = False,
 ) -> VersionInfo:
     """Add a version: checked here, load-checked by a worker, then stored and served by every process."""
@@ -106,7 +113,7 @@ async def add_version(
     data = await artifact.read(limit + 1)
     if len(data) > limit:
         raise BodyTooLarge(f"artifact exceeds the limit of {limit} bytes")
-    stored = await dp.add_version(name, spec, data, promote=promote)
+    stored = await dp.add_version(name, spec, data, promote=promote, profile_json=profile)
     return _info(await dp.state(name, stored.spec.version))
 
 
