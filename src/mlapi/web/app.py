@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 64 * 1024
 CHART_WINDOW = timedelta(hours=24)
 """What the history's charts summarise: every prediction of the last 24 hours, in hourly bars."""
-CHART_WINDOW_WORDS = "last 24 hours"
+CHART_WINDOW_WORDS = f"last {CHART_WINDOW // timedelta(hours=1)} hours"
 SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
