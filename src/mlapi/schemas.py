@@ -245,7 +245,7 @@ class DriftReport(BaseModel):
 
 class TimeBucket(BaseModel):
     start: datetime
-    counts: dict[str, int] = Field(description="Predictions per series: a class's label, `value`, `failed`")
+    counts: dict[str, int] = Field(description="Predictions per series: a class's label, `value`, `failed`, `queued`")
 
 
 class Histogram(BaseModel):

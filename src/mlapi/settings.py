@@ -95,8 +95,6 @@ class WebSettings(BaseModel):
     """How long the web UI waits for the API before it tells the user the API is too slow."""
     page_size: int = Field(25, ge=1, le=500)
     """Predictions per page of the history table."""
-    chart_window: int = Field(500, ge=1, le=500)
-    """How many of the newest predictions (matching the filters) the history charts summarise."""
     refresh_s: float = Field(5.0, ge=0)
     """How often an open history page refreshes itself; 0 turns live updates off."""
 

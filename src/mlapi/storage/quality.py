@@ -268,13 +268,13 @@ class QualityRepository:
         return found
 
     async def stats(self, window: Window, width: timedelta, bins: int) -> dict[str, Any]:
-        """Counts per time bucket and series (a class's label, `value` for a regressor, `failed`), the histogram
-        of the predicted class's probability per label and of regressors' values, and latency percentiles."""
+        """Counts per time bucket and series (a class's label, `value` for a regressor, `failed`, `queued`), the
+        histogram of the predicted class's probability per label and of regressors' values, and latency percentiles."""
         where, params = window.where()
         params |= {"width": width, "bins": bins}
         over_time = f"""
             SELECT date_bin(:width, created_at, {ORIGIN}) AS bucket,
-                   CASE WHEN status = 'failed' THEN 'failed' WHEN task = 'regression' THEN 'value'
+                   CASE WHEN status <> 'done' THEN status WHEN task = 'regression' THEN 'value'
                         ELSE coalesce(label, 'class ' || prediction) END AS series, count(*) AS n
             FROM predictions WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"""
         probability = f"""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -44,6 +45,9 @@ from mlapi.web.forms import (
 log = logging.getLogger("mlapi.web")
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 64 * 1024
+CHART_WINDOW = timedelta(hours=24)
+"""What the history's charts summarise: every prediction of the last 24 hours, in hourly bars."""
+CHART_WINDOW_WORDS = f"last {CHART_WINDOW // timedelta(hours=1)} hours"
 SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -216,18 +220,22 @@ async def history_page(request: Request) -> Response:
     cursor = params.get("cursor") or None
     client = api(request)
     name = model.name if model else None
-    page, window = await asyncio.gather(
+    since = datetime.now(UTC) - CHART_WINDOW
+    page, stats = await asyncio.gather(
         client.predictions(settings.web.page_size, cursor, name, prediction),
-        client.predictions(settings.web.chart_window, None, name, prediction),
+        client.stats(name, prediction, since, "hour"),
     )
-    newest = page.items[0].id if page.items else ""
+    series = charts.series_order(stats, models)
+    regressors = [m.name for m in ([model] if model else models) if m.task == "regression"]
+    # The page changes when a row arrives or is answered, on this page or anywhere in the window.
+    state = repr(([(r.id, r.status) for r in page.items], sorted(stats.totals.items())))
     context = {
         "nav": "history", "models": models, "model": model, "prediction": prediction, "cursor": cursor,
-        "class_options": class_options, "page": page, "window": window,
-        "charts": charts.history_charts(window.items), "series": charts.series_order(window.items),
+        "class_options": class_options, "page": page, "stats": stats, "window_words": CHART_WINDOW_WORDS,
+        "charts": charts.history_charts(stats, series, regressors), "series": series,
         "next_query": _query(params, cursor=page.next_cursor) if page.next_cursor else None,
         "first_query": _query(params, cursor=None), "live": cursor is None and settings.web.refresh_s > 0,
-        "refresh_s": settings.web.refresh_s, "version": f"{newest}:{len(window.items)}",
+        "refresh_s": settings.web.refresh_s, "version": hashlib.sha256(state.encode()).hexdigest()[:16],
     }  # fmt: skip
     return render(request, "history.html", context)
 

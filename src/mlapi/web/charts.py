@@ -6,28 +6,27 @@ Each chart comes with a sentence that says what it shows, which screen readers r
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from markupsafe import Markup, escape
 
-from mlapi.schemas import PredictionRecord
+from mlapi.schemas import ModelSummary, PredictionRecord, Stats
 from mlapi.web.describe import number
 
 WIDTH, HEIGHT = 360, 200
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 40, 12, 12, 34
 SERIES_COLOURS = 8
 """The stylesheet defines `.series-0` .. `.series-7` (a colour-blind-safe palette)."""
-BIN_WIDTHS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
-MAX_TIME_BINS = 24
+CONFIDENT = 0.9
 ROW_HEIGHT = 32.0
 """Height of one bar of a horizontal bar chart."""
-PERCENTILES = ((50, "p50"), (90, "p90"), (95, "p95"), (99, "p99"))
+VALUE, FAILED, QUEUED = "value", "failed", "queued"
+"""The statistics' series of regressors' answers, failures and rows not answered yet, beside the classes' labels."""
 VALUE_SERIES = "value (regression)"
-"""The series of regressors' answers among the classes of the chart over time."""
-NOTHING_YET = "No predictions to show yet."
+"""How the regressors' series is named on the chart over time."""
+NOTHING_YET = "No predictions in this window yet."
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,6 @@ def count_ceiling(value: int) -> float:
     return nice_ceiling(top + 1) if top % 2 else top
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (`q` in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def _svg(uid: str, title: str, summary: str, body: list[str], height: float = HEIGHT) -> Markup:
     return Markup(
         f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" '
@@ -97,19 +87,14 @@ def _y_axis(top: float, unit: str = "") -> tuple[list[str], float]:
     return parts, plot_h
 
 
-def regression_value(record: PredictionRecord) -> float | None:
-    """A regressor's answer; None for a classification and for a row without an answer."""
-    if record.task != "regression" or record.prediction is None:
-        return None
-    return float(record.prediction)
-
-
-def series_order(records: Sequence[PredictionRecord]) -> list[str]:
-    """Predicted labels in a stable order (by model, then class), so one label keeps one colour on a page."""
-    seen = {(r.model, r.prediction or 0, r.label) for r in records if r.label is not None}
+def series_order(stats: Stats, models: Sequence[ModelSummary]) -> list[str]:
+    """The window's predicted classes in a stable order (by model, then class), so one label keeps one colour on a
+    page; labels no model lists any more follow, sorted."""
+    present = {s for s in stats.totals if s not in (VALUE, FAILED, QUEUED)}
+    known = [label for m in sorted(models, key=lambda m: m.name) for label in m.labels]
     labels: list[str] = []
-    for _, _, label in sorted(seen, key=lambda s: (s[0], s[1])):
-        if label not in labels:
+    for label in [*known, *sorted(present)]:
+        if label in present and label not in labels:
             labels.append(label)
     return labels
 
@@ -118,15 +103,13 @@ def _series_class(labels: list[str], label: str) -> str:
     return f"series-{labels.index(label) % SERIES_COLOURS}"
 
 
-def class_distribution(records: Sequence[PredictionRecord]) -> Chart:
+def class_distribution(stats: Stats, labels: list[str]) -> Chart:
     title = "Predicted classes"
-    done = [r for r in records if r.label is not None]
-    if not done:
-        empty = "No classes to show: these are a regressor's answers." if _has_values(records) else NOTHING_YET
+    if not labels:
+        empty = "No classes to show: these are a regressor's answers." if VALUE in stats.totals else NOTHING_YET
         return Chart(title, empty, None)
-    labels = series_order(done)
-    counts = Counter(r.label for r in done)
-    total = len(done)
+    counts = {label: stats.totals[label] for label in labels}
+    total = sum(counts.values())
     summary = f"Of {total} predictions: " + ", ".join(
         f"{label} {counts[label]} ({counts[label] / total:.0%})" for label in labels
     )
@@ -153,15 +136,19 @@ def _shorten(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -> Chart:
-    title = "How sure the model was"
-    values = [r.probability for r in records if r.probability is not None]
-    if not values:
-        labelled = any(r.label is not None for r in records)
-        return Chart(title, "None of these predictions came with probabilities." if labelled else NOTHING_YET, None)
-    counts = [0] * bins
-    for p in values:
-        counts[min(bins - 1, max(0, int(p * bins)))] += 1
+def median_bin(counts: Sequence[int]) -> int:
+    """The bin holding the middle one of the counted values (of a non-empty histogram)."""
+    half, running = sum(counts) / 2, 0
+    for i, n in enumerate(counts):
+        running += n
+        if running >= half:
+            return i
+    return len(counts) - 1  # pragma: no cover - the running sum reaches the half
+
+
+def _bars(counts: Sequence[int], edges: Sequence[float], label: Callable[[float], str], axis: str) -> list[str]:
+    """A histogram's bars, each with its range and count as a tooltip, and the axes."""
+    bins = len(counts)
     top = count_ceiling(max(counts))
     parts, plot_h = _y_axis(top)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
@@ -169,20 +156,36 @@ def probability_histogram(records: Sequence[PredictionRecord], bins: int = 10) -
     for i, n in enumerate(counts):
         h = plot_h * n / top
         x = PAD_LEFT + i * bar_w
-        low, high = i / bins, (i + 1) / bins
         parts.append(
             f'<rect class="bar" x="{x + 1:.1f}" y="{HEIGHT - PAD_BOTTOM - h:.1f}" width="{bar_w - 2:.1f}" '
-            f'height="{h:.1f}"><title>{low:.0%} to {high:.0%}: {n}</title></rect>'
+            f'height="{h:.1f}"><title>{escape(label(edges[i]))} to {escape(label(edges[i + 1]))}: {n}</title></rect>'
         )
     for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
-        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, f"{fraction:.0%}", anchor=anchor))
-    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, "probability of the predicted class", cls="axis-title"))
-    confident = sum(1 for p in values if p >= 0.9)
+        tick = label(edges[0] + fraction * (edges[-1] - edges[0]))
+        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, tick, anchor=anchor))
+    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, axis, cls="axis-title"))
+    return parts
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def probability_histogram(stats: Stats, labels: list[str]) -> Chart:
+    title = "How sure the model was"
+    histogram = stats.probability
+    counts = [sum(bins) for bins in zip(*histogram.counts.values(), strict=True)]
+    if not sum(counts):
+        return Chart(title, "None of these predictions came with probabilities." if labels else NOTHING_YET, None)
+    edges, total = histogram.edges, sum(counts)
+    middle = median_bin(counts)
+    confident = sum(n for n, low in zip(counts, edges, strict=False) if low >= CONFIDENT)
     summary = (
-        f"Probability of the predicted class over {len(values)} predictions, in {bins} bins of "
-        f"{1 / bins:.0%}: median {percentile(values, 50):.0%}; "
-        f"{confident} ({confident / len(values):.0%}) at 90% or more."
+        f"Probability of the predicted class over {total} predictions, in {len(counts)} bins of "
+        f"{edges[1] - edges[0]:.0%}: the median between {edges[middle]:.0%} and {edges[middle + 1]:.0%}; "
+        f"{confident} ({confident / total:.0%}) at {CONFIDENT:.0%} or more."
     )
+    parts = _bars(counts, edges, _percent, "probability of the predicted class")
     return Chart(title, summary, _svg("chart-confidence", title, summary, parts))
 
 
@@ -197,14 +200,14 @@ def _duration(ms: float) -> str:
     return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
-def latency_percentiles(records: Sequence[PredictionRecord]) -> Chart:
+def latency_percentiles(stats: Stats) -> Chart:
     title = "Latency percentiles"
-    values = [v for r in records if r.status == "done" and (v := latency_ms(r)) is not None]
-    if not values:
+    points = [(name, v) for name, v in stats.latency_ms.items() if v is not None]
+    if not points:
         return Chart(title, "No completed predictions to show yet.", None)
-    points = [(name, percentile(values, q)) for q, name in PERCENTILES] + [("max", max(values))]
+    answered = sum(n for series, n in stats.totals.items() if series not in (FAILED, QUEUED))
     summary = (
-        f"Time from request to answer over {len(values)} predictions: "
+        f"Time from request to answer over {answered} predictions: "
         + ", ".join(f"{name} {_duration(v)}" for name, v in points)
         + "."
     )
@@ -222,21 +225,13 @@ def latency_percentiles(records: Sequence[PredictionRecord]) -> Chart:
     return Chart(title, summary, _svg("chart-latency", title, summary, body, 8 + len(points) * row_h))
 
 
-def bin_width_s(span_s: float) -> int:
-    """The narrowest bin width that fits `span_s` into at most `MAX_TIME_BINS` bins."""
-    for width in BIN_WIDTHS_S:
-        if span_s / width < MAX_TIME_BINS:
-            return width
-    return BIN_WIDTHS_S[-1]
-
-
 def _time_label(moment: datetime, width_s: int) -> str:
     if width_s >= 86400:
         return moment.strftime("%d %b")
     return moment.strftime("%H:%M:%S" if width_s < 60 else "%H:%M")
 
 
-def _width_words(width_s: int) -> str:
+def width_words(width_s: int) -> str:
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if width_s >= size and width_s % size == 0:
             n = width_s // size
@@ -244,110 +239,87 @@ def _width_words(width_s: int) -> str:
     return f"{width_s} second{'s' if width_s > 1 else ''}"
 
 
-def predictions_over_time(records: Sequence[PredictionRecord]) -> Chart:
+def _display(series: str) -> str:
+    return VALUE_SERIES if series == VALUE else series
+
+
+def predictions_over_time(stats: Stats, labels: list[str]) -> Chart:
+    """Every bucket of the window, stacked by series (the classes, the regressors' answers, failures)."""
     title = "Predictions over time"
-    dated = [r for r in records if r.created_at is not None and _series(r) is not None]
-    if not dated:
+    if not stats.total:
         return Chart(title, NOTHING_YET, None)
-    stamps = [r.created_at.timestamp() for r in dated if r.created_at is not None]
-    width = bin_width_s(max(stamps) - min(stamps))
-    first = math.floor(min(stamps) / width)
-    n_bins = math.floor(max(stamps) / width) - first + 1
-    labels = series_order(dated) + ([VALUE_SERIES] if _has_values(dated) else [])
-    bins: list[Counter[str]] = [Counter() for _ in range(n_bins)]
-    for r, stamp in zip(dated, stamps, strict=True):
-        bins[math.floor(stamp / width) - first][_series(r) or ""] += 1
+    width = stats.bucket_s
+    step = timedelta(seconds=width)
+    first = stats.over_time[0].start
+    start = first - math.ceil((first - stats.since) / step) * step  # the bucket holding `since`
+    n_bins = math.ceil((stats.until - start) / step)
+    series = labels + [s for s in (VALUE, FAILED, QUEUED) if s in stats.totals]
+    bins: list[dict[str, int]] = [{} for _ in range(n_bins)]
+    for bucket in stats.over_time:
+        bins[(bucket.start - start) // step] = bucket.counts
     top = count_ceiling(max(sum(b.values()) for b in bins))
     parts, plot_h = _y_axis(top)
     plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
-    slot = plot_w / max(n_bins, 1)
+    slot = plot_w / n_bins
     bar_w = max(1.0, min(slot * 0.8, 40))
-    start = datetime.fromtimestamp(first * width, UTC)
     for i, b in enumerate(bins):
         x = PAD_LEFT + i * slot + (slot - bar_w) / 2
         y = float(HEIGHT - PAD_BOTTOM)
-        when = start + timedelta(seconds=i * width)
-        for label in labels:
-            if not b[label]:
+        when = _time_label(start + i * step, width)
+        for name in series:
+            if not b.get(name):
                 continue
-            h = plot_h * b[label] / top
+            h = plot_h * b[name] / top
             y -= h
             parts.append(
-                f'<rect class="{_series_class(labels, label)}" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
-                f'height="{h:.1f}"><title>{escape(_time_label(when, width))} UTC, {escape(label)}: '
-                f"{b[label]}</title></rect>"
+                f'<rect class="{_series_class(series, name)}" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" '
+                f'height="{h:.1f}"><title>{escape(when)} UTC, {escape(_display(name))}: {b[name]}</title></rect>'
             )
     for i, anchor in {0: "start", n_bins // 2: "middle", n_bins - 1: "end"}.items():
-        when = start + timedelta(seconds=i * width)
         tick_x = {"start": PAD_LEFT + i * slot, "middle": PAD_LEFT + (i + 0.5) * slot, "end": PAD_LEFT + (i + 1) * slot}
-        parts.append(_text(tick_x[anchor], HEIGHT - PAD_BOTTOM + 16, _time_label(when, width), anchor=anchor))
-    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, f"UTC, per {_width_words(width)}", cls="axis-title"))
-    end = start + timedelta(seconds=n_bins * width)
+        parts.append(
+            _text(tick_x[anchor], HEIGHT - PAD_BOTTOM + 16, _time_label(start + i * step, width), anchor=anchor)
+        )
+    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, f"UTC, per {width_words(width)}", cls="axis-title"))
     moment = "%Y-%m-%d %H:%M:%S" if width < 60 else "%Y-%m-%d %H:%M"
     busiest = max(range(n_bins), key=lambda i: sum(bins[i].values()))
     summary = (
-        f"{len(dated)} predictions from {start:{moment}} to {end:{moment}} UTC "
-        f"in bins of {_width_words(width)}, stacked by class ({', '.join(labels)}); the busiest bin, "
-        f"{_time_label(start + timedelta(seconds=busiest * width), width)}, had {sum(bins[busiest].values())}."
+        f"{stats.total} predictions from {stats.since:{moment}} to {stats.until:{moment}} UTC "
+        f"in bins of {width_words(width)}, stacked by class ({', '.join(map(_display, series))}); the busiest bin, "
+        f"{_time_label(start + busiest * step, width)}, had {sum(bins[busiest].values())}."
     )
-    legend = tuple((label, _series_class(labels, label)) for label in labels)
+    legend = tuple((_display(name), _series_class(series, name)) for name in series)
     return Chart(title, summary, _svg("chart-time", title, summary, parts), legend)
 
 
-def _has_values(records: Sequence[PredictionRecord]) -> bool:
-    return any(regression_value(r) is not None for r in records)
-
-
-def _series(record: PredictionRecord) -> str | None:
-    """The series of an answered row in the chart over time: its class, or the regressors' one."""
-    return record.label if record.label is not None else VALUE_SERIES if regression_value(record) is not None else None
-
-
-def value_histogram(records: Sequence[PredictionRecord], bins: int = 10) -> Chart:
+def value_histogram(stats: Stats, regressors: Sequence[str]) -> Chart:
     """How a regressor's answers spread; values of different models share no scale, so they are not mixed."""
     title = "Predicted values"
-    answered = [(r.model, v) for r in records if (v := regression_value(r)) is not None]
-    if not answered:
+    if stats.values is None:
         return Chart(title, "No regressor's answers to show yet.", None)
-    models = sorted({m for m, _ in answered})
-    if len(models) > 1:
-        summary = f"Values of {len(models)} regressors ({', '.join(models)}) share no scale: filter by one model."
-        return Chart(title, summary, None)
-    values = [v for _, v in answered]
-    low, high = min(values), max(values)
-    step = (high - low) / bins or 1.0
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, int((v - low) / step))] += 1
-    top = count_ceiling(max(counts))
-    parts, plot_h = _y_axis(top)
-    plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
-    bar_w = plot_w / bins
-    for i, n in enumerate(counts):
-        h = plot_h * n / top
-        x = PAD_LEFT + i * bar_w
-        parts.append(
-            f'<rect class="bar" x="{x + 1:.1f}" y="{HEIGHT - PAD_BOTTOM - h:.1f}" width="{bar_w - 2:.1f}" '
-            f'height="{h:.1f}"><title>{escape(number(low + i * step))} to {escape(number(low + (i + 1) * step))}: '
-            f"{n}</title></rect>"
+    if len(regressors) > 1:
+        summary = (
+            f"Values of {len(regressors)} regressors ({', '.join(regressors)}) share no scale: filter by one model."
         )
-    for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
-        tick = number(low + fraction * step * bins)
-        parts.append(_text(PAD_LEFT + fraction * plot_w, HEIGHT - PAD_BOTTOM + 16, tick, anchor=anchor))
-    parts.append(_text(PAD_LEFT + plot_w / 2, HEIGHT - 4, f"predicted value of {models[0]}", cls="axis-title"))
+        return Chart(title, summary, None)
+    name = regressors[0] if regressors else "the regressor"
+    counts, edges = stats.values.counts[VALUE], stats.values.edges
+    middle = median_bin(counts)
+    parts = _bars(counts, edges, number, f"predicted value of {name}")
     summary = (
-        f"{len(values)} predicted values of {models[0]} from {number(low)} to {number(high)}, in {bins} bins: "
-        f"median {number(percentile(values, 50))}."
+        f"{sum(counts)} predicted values of {name} from {number(edges[0])} to {number(edges[-1])}, in {len(counts)} "
+        f"bins: the median between {number(edges[middle])} and {number(edges[middle + 1])}."
     )
     return Chart(title, summary, _svg("chart-values", title, summary, parts))
 
 
-def history_charts(records: Sequence[PredictionRecord]) -> list[Chart]:
-    """The overview of a window of the history; a regressor's answers get their own chart instead of the classes."""
-    values = _has_values(records)
+def history_charts(stats: Stats, labels: list[str], regressors: Sequence[str]) -> list[Chart]:
+    """The overview of a window of the history; a regressor's answers get their own chart instead of the classes.
+    `labels` are the window's classes in `series_order`; `regressors` the regression models the window may hold."""
+    values = VALUE in stats.totals
     middle = []
-    if not values or any(r.label is not None for r in records):
-        middle += [class_distribution(records), probability_histogram(records)]
+    if not values or labels:
+        middle += [class_distribution(stats, labels), probability_histogram(stats, labels)]
     if values:
-        middle.append(value_histogram(records))
-    return [predictions_over_time(records), *middle, latency_percentiles(records)]
+        middle.append(value_histogram(stats, regressors))
+    return [predictions_over_time(stats, labels), *middle, latency_percentiles(stats)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -193,9 +194,14 @@ class ApiClient:
     async def drift(self, name: str) -> DriftReport:
         return await self._get(f"/models/{name}/drift", DriftReport)  # type: ignore[no-any-return]
 
-    async def stats(self, model: str | None = None, prediction: int | None = None) -> Stats:
-        """The whole history's statistics (of one model, one predicted class), in about 24 buckets."""
-        params = {k: v for k, v in (("model", model), ("prediction", prediction)) if v is not None}
+    async def stats(
+        self, model: str | None = None, prediction: int | None = None, since: datetime | None = None,
+        bucket: str | None = None,
+    ) -> Stats:  # fmt: skip
+        """The statistics of the history since `since` (of one model, one predicted class), in buckets of `bucket`
+        (about 24 when None)."""
+        given = {"model": model, "prediction": prediction, "since": since and since.isoformat(), "bucket": bucket}
+        params = {k: v for k, v in given.items() if v is not None}
         return await self._get("/predictions/stats", Stats, params=params)  # type: ignore[no-any-return]
 
     async def prediction(self, prediction_id: str) -> PredictionRecord:

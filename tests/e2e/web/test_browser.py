@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -18,6 +20,8 @@ from tests.e2e.web.conftest import PAGE_SIZE, SCREENSHOTS, Regressor, Web, start
 pytestmark = pytest.mark.e2e
 ID = re.compile(r"/predictions/([0-9a-f-]{36})$")
 CLASS_CHARTS = ("Predictions over time", "Predicted classes", "How sure the model was", "Latency percentiles")
+WINDOW = " (last 24 hours)"
+"""What every chart's caption says of the window it summarises."""
 
 
 def iris(i: int) -> dict[str, Any]:
@@ -147,7 +151,47 @@ def test_the_history_shows_the_new_prediction_and_charts(page: Page, web: Web) -
 
 
 def chart_card(page: Page, title: str) -> Locator:
-    return page.locator("figure.chart-card").filter(has=page.locator("figcaption", has_text=re.compile(f"^{title}$")))
+    caption = page.locator("figcaption", has_text=re.compile(f"^{re.escape(title + WINDOW)}$"))
+    return page.locator("figure.chart-card").filter(has=caption)
+
+
+def iris_history(api: httpx.Client) -> Counter[str]:
+    """Every iris prediction in the history, by predicted class, read page by page."""
+    found: Counter[str] = Counter()
+    cursor = None
+    while True:
+        page = api.get("/predictions", params={"model": "iris", "limit": 500, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        found.update(r.get("label") or r["status"] for r in page.json()["items"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return found
+
+
+def test_the_charts_count_the_whole_window(page: Page, web: Web) -> None:
+    """More rows than the API gives in one page (500): the charts count every one of them, class by class."""
+    with web.api() as api:
+        for batch in range(3):
+            instances = [iris(batch * 200 + i) for i in range(200)]
+            response = api.post("/models/iris/predict", json={"instances": instances})
+            assert response.status_code == 200, response.text
+        history = iris_history(api)
+    total = sum(history.values())
+    assert total > 600 and set(history) == {"setosa", "versicolor", "virginica"}, history
+    page.goto(f"{web.url}/history?model=iris")
+    expect(page.locator("p.lead")).to_have_text(
+        re.compile(rf"^Every prediction of the last 24 hours .*: {total} in all\.$")
+    )
+    classes = chart_card(page, "Predicted classes").locator(".chart-summary")
+    expect(classes).to_contain_text(f"Of {total} predictions: ")
+    for label, n in history.items():
+        expect(classes).to_contain_text(f"{label} {n} (")
+    expect(chart_card(page, "Predictions over time").locator(".chart-summary")).to_contain_text(
+        f"{total} predictions from "
+    )
+    expect(chart_card(page, "Latency percentiles").locator(".chart-summary")).to_contain_text(
+        f"over {total} predictions"
+    )
 
 
 def test_the_history_filters_by_model_and_class(page: Page, web: Web) -> None:
@@ -270,7 +314,7 @@ def test_the_history_shows_a_regressors_values(page: Page, web: Web, regressor: 
     expect(rows.first).to_contain_text(regressor.name)
     expect(rows.first.locator(".value")).to_have_text(re.compile(r"^-?[\d,]+(\.\d+)?$"))
     expect(page.locator("figure.chart-card figcaption")).to_have_text(
-        ["Predictions over time", "Predicted values", "Latency percentiles"]
+        [title + WINDOW for title in ("Predictions over time", "Predicted values", "Latency percentiles")]
     )
     values = chart_card(page, "Predicted values")
     expect(values.get_by_role("img")).to_be_visible()

@@ -16,15 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mlapi.models.spec import Feature, ModelSpec, read_bundled
-from mlapi.schemas import ModelDetail, ModelSummary, PredictionRecord, VersionInfo
+from mlapi.schemas import Histogram, ModelDetail, ModelSummary, PredictionRecord, Stats, TimeBucket, VersionInfo
 from mlapi.settings import PACKAGE_DIR, Settings, WebSettings
 from mlapi.web import create_app
 
@@ -56,7 +58,10 @@ SPECS = {name: versions[1] for name, versions in VERSIONS.items()}
 NO_PROBABILITIES = {("iris", 2)}
 HOUSE_PRICE = 312456.789
 """What the stand-in's regressor answers."""
-START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+"""When the stand-in's history starts: within the web UI's chart window of the last 24 hours."""
+ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+BINS = 10
 
 
 def record(i: int, model: str = "iris", prediction: int = 0, probability: float = 0.9) -> PredictionRecord:
@@ -77,6 +82,46 @@ def value_record(i: int, value: float, model: str = "house-price") -> Prediction
     return record(i).model_copy(
         update={"model": model, "task": "regression", "features": HOUSES.example, "prediction": value, "label": None,
                 "probability": None, "probabilities": None}
+    )  # fmt: skip
+
+
+def stats_of(
+    records: list[PredictionRecord], since: datetime | None = None, until: datetime | None = None, width: int = 3600
+) -> Stats:
+    """What the API's statistics say of the records created in [since, until) (default: an hour either side), done
+    by the stand-in's own arithmetic: buckets from the API's origin, 10 bins, linear percentiles."""
+    since = since or START - timedelta(hours=1)
+    until = until or max((r.created_at or START for r in records), default=START) + timedelta(hours=1)
+    rows = [r for r in records if r.created_at is not None and since <= r.created_at < until]
+    step = timedelta(seconds=width)
+    buckets: dict[datetime, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    probability: dict[str, list[int]] = {}
+    values = [float(r.prediction) for r in rows if r.status == "done" and r.task == "regression" and r.prediction]
+    for r in rows:
+        assert r.created_at is not None
+        series = r.status if r.status != "done" else "value" if r.task == "regression" else str(r.label)
+        bucket = buckets.setdefault(ORIGIN + (r.created_at - ORIGIN) // step * step, {})
+        bucket[series] = bucket.get(series, 0) + 1
+        totals[series] = totals.get(series, 0) + 1
+        if r.status == "done" and r.probability is not None:
+            probability.setdefault(series, [0] * BINS)[min(BINS - 1, int(r.probability * BINS))] += 1
+    histogram = None
+    if values:
+        low, high = min(values), max(values)
+        counts = [0] * BINS
+        for v in values:
+            counts[0 if high == low else min(BINS - 1, int((v - low) / (high - low) * BINS))] += 1
+        histogram = Histogram(edges=list(np.linspace(low, high, BINS + 1)), counts={"value": counts})
+    latencies = [
+        (r.completed_at - r.created_at).total_seconds() * 1000
+        for r in rows if r.status == "done" and r.created_at and r.completed_at
+    ]  # fmt: skip
+    return Stats(
+        since=since, until=until, bucket_s=width, total=len(rows), totals=totals,
+        over_time=[TimeBucket(start=b, counts=c) for b, c in sorted(buckets.items())],
+        probability=Histogram(edges=[i / BINS for i in range(BINS + 1)], counts=probability), values=histogram,
+        latency_ms={f"p{q}": float(np.percentile(latencies, q)) if latencies else None for q in (50, 90, 95, 99)},
     )  # fmt: skip
 
 
@@ -178,18 +223,31 @@ class FakeApi:
         timing = 'total;dur=12.50, queue;dur=1.25, predict;dur=3.00, store;dur=4.75, batch;desc="1 rows"'
         return JSONResponse(answer(spec, sample), headers={"Server-Timing": timing})
 
-    async def predictions(self, request: Request) -> Response:
-        await self._pause(request)
-        q = request.query_params
-        items = [
+    def _matching(self, q: QueryParams) -> list[PredictionRecord]:
+        """The history filtered by the query's model and predicted class."""
+        return [
             r for r in self.records
             if q.get("model") in (None, r.model) and q.get("prediction") in (None, str(r.prediction))
         ]  # fmt: skip
+
+    async def predictions(self, request: Request) -> Response:
+        await self._pause(request)
+        q = request.query_params
+        items = self._matching(q)
         start = int(q.get("cursor", "0"))
         limit = int(q.get("limit", "50"))
         page = items[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(items) else None
         return JSONResponse({"items": [r.model_dump(mode="json") for r in page], "next_cursor": next_cursor})
+
+    async def stats(self, request: Request) -> Response:
+        await self._pause(request)
+        q = request.query_params
+        items = self._matching(q)
+        since = datetime.fromisoformat(q["since"]) if "since" in q else None
+        width = {"hour": 3600}.get(q.get("bucket", ""), 3600)
+        found = stats_of(items, since, datetime.now(UTC), width)
+        return Response(found.model_dump_json(), media_type="application/json")
 
     async def prediction(self, request: Request) -> Response:
         await self._pause(request)
@@ -208,6 +266,7 @@ class FakeApi:
                 Route("/models/{name}/predict", self.predict, methods=["POST"]),
                 Route("/models/{name}/versions/{version:int}/predict", self.predict, methods=["POST"]),
                 Route("/predictions", self.predictions),
+                Route("/predictions/stats", self.stats),
                 Route("/predictions/{id}", self.prediction),
             ]
         )

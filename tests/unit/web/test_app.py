@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import re
 import socket
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -148,7 +150,8 @@ async def test_the_history_lists_charts_and_pages(web: httpx.AsyncClient, fake_a
     assert html.count("<tr data-id=") == 25
     assert f'href="/predictions/{fake_api.records[0].id}"' in html
     assert html.count('<svg class="chart"') == 4
-    assert "The newest 40 predictions." in html
+    assert re.search(r"Every prediction of the last 24 hours \(.* UTC\): 40 in all\.", html)
+    assert html.count('<span class="chart-window">(last 24 hours)</span>') == 4
     assert 'href="/history?cursor=25" rel="next"' in html
     assert 'id="live-toggle" checked data-refresh-s="5.0"' in html
     older = (await web.get("/history", params={"cursor": "25"})).text
@@ -169,7 +172,44 @@ async def test_the_history_filters_by_model_and_class(web: httpx.AsyncClient, fa
 
 async def test_an_empty_history_says_so(web: httpx.AsyncClient) -> None:
     html = (await web.get("/history")).text
-    assert "No predictions yet." in html and html.count("No predictions to show yet.") == 3
+    assert "No predictions yet." in html and html.count("No predictions in this window yet.") == 3
+
+
+async def test_the_charts_summarise_the_whole_window_not_the_newest_rows(
+    web: httpx.AsyncClient, fake_api: FakeApi
+) -> None:
+    old = record(0).model_copy(update={"id": str(uuid.uuid4()), "created_at": datetime.now(UTC) - timedelta(days=2)})
+    fake_api.records = [*(record(i, prediction=i % 3) for i in reversed(range(900))), old]
+    html = (await web.get("/history")).text
+    assert html.count("<tr data-id=") == 25
+    assert "900 in all." in html and "Of 900 predictions: setosa 300 (33%)" in html, "the day before is left out"
+    stats = next(u for u in fake_api.requests if u.path == "/predictions/stats")
+    since = datetime.fromisoformat(stats.params["since"])
+    assert timedelta(hours=24) <= datetime.now(UTC) - since < timedelta(hours=24, minutes=1)
+    assert stats.params["bucket"] == "hour"
+    assert [u.path for u in fake_api.requests if u.path.startswith("/predictions")] == [
+        "/predictions", "/predictions/stats"
+    ], "one page of rows for the table, the statistics for the charts"  # fmt: skip
+
+
+def live_version(html: str) -> str:
+    found = re.search(r'<div id="live" data-version="([0-9a-f]+)">', html)
+    assert found, "the page has a version"
+    return found[1]
+
+
+async def test_the_live_version_changes_when_the_window_or_the_page_does(
+    web: httpx.AsyncClient, fake_api: FakeApi
+) -> None:
+    queued = record(5).model_copy(update={"status": "queued", "prediction": None, "label": None, "completed_at": None})
+    fake_api.records = [queued, *(record(i) for i in reversed(range(5)))]
+    first = live_version((await web.get("/history")).text)
+    assert live_version((await web.get("/history")).text) == first, "nothing changed"
+    fake_api.records[0] = record(5)
+    answered = live_version((await web.get("/history")).text)
+    assert answered != first
+    fake_api.records.insert(0, record(6))
+    assert live_version((await web.get("/history")).text) != answered
 
 
 async def test_a_prediction_has_its_own_page(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
@@ -281,7 +321,7 @@ async def test_the_history_shows_a_regressors_values(web: httpx.AsyncClient, fak
     html = (await web.get("/history")).text
     assert html.count("<tr data-id=") == 7
     assert '<span class="value">250,000</span>' in html and "virginica" in html
-    assert re.findall(r"<figcaption>([^<]*)</figcaption>", html) == [
+    assert re.findall(r"<figcaption>([^<]*) <span", html) == [
         "Predictions over time", "Predicted classes", "How sure the model was", "Predicted values",
         "Latency percentiles",
     ]  # fmt: skip
@@ -290,10 +330,10 @@ async def test_the_history_shows_a_regressors_values(web: httpx.AsyncClient, fak
     assert "prediction" not in fake_api.requests[-1].params, "a class filter means nothing for a regressor"
     assert only.count("<tr data-id=") == 6
     assert 'id="filter-class"' not in only and '<option value="house-price" selected>' in only
-    assert re.findall(r"<figcaption>([^<]*)</figcaption>", only) == [
+    assert re.findall(r"<figcaption>([^<]*) <span", only) == [
         "Predictions over time", "Predicted values", "Latency percentiles"
     ]  # fmt: skip
-    assert "6 predicted values of house-price from 250,000 to 255,000" in only
+    assert "6 predicted values of house-price from 250,000 to 255,000, in 10 bins" in only
 
 
 async def test_a_regressors_prediction_has_its_own_page(web: httpx.AsyncClient, fake_api: FakeApi) -> None:
