@@ -15,7 +15,9 @@ from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss
 
 from mlapi.client import Client
 from mlapi.models.train import build_pipeline, diabetes_dataset
+from mlapi.storage.repository import PredictionRepository
 from tests.conftest import DATASET, Stack, StackFactory, wait_until
+from tests.integration.test_repository import row
 
 pytestmark = pytest.mark.e2e
 NAME = "diabetes-quality"
@@ -180,3 +182,15 @@ def test_an_empty_window_is_an_empty_answer(client: httpx.Client) -> None:
     assert client.get(f"/models/{NAME}/drift", params=window).json()["versions"] == []
     stats = client.get("/predictions/stats", params=window | {"model": NAME}).json()
     assert stats["total"] == 0 and stats["over_time"] == [] and stats["latency_ms"]["p50"] is None
+
+
+async def test_feedback_on_a_failed_prediction_is_a_409(client: httpx.Client, repository: PredictionRepository) -> None:
+    """A prediction that failed has no answer to judge (the row as a worker stores a failure)."""
+    failed = row(
+        uuid.uuid4().int % 10**9, model=NAME, status="failed", prediction=None, label=None, probability=None,
+        probabilities=None, error="the model failed on this row",
+    )  # fmt: skip
+    await repository.add([failed])
+    response = client.post(f"/predictions/{failed['id']}/feedback", json={"label": 1})
+    assert response.status_code == 409 and "failed" in response.json()["detail"], response.text
+    assert client.get(f"/predictions/{failed['id']}").json()["feedback"] is None
