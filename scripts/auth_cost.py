@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
-from durable_cost import MODEL_DIR, WORKERS, spawn, stop, wait_for
+from durable_cost import MODEL_DIR, wait_for
 
 from mlapi.bench.load import LoadResult, Target, ensure_hey, run_hey
+from mlapi.bench.systems import mlapi_apis
 from mlapi.models.spec import ModelSpec
-from mlapi.servers import PostgresServer, RedisServer, free_port
-from mlapi.storage.migrate import migrate
 
 SETTINGS = {
     "off": ("off", None),
@@ -43,40 +41,23 @@ SETTINGS = {
 @contextmanager
 def stack(work: Path) -> Iterator[dict[str, Target]]:
     """Valkey, PostgreSQL, the workers and one API per setting; yields each setting's predict target."""
-    with ExitStack() as exits:
-        redis = RedisServer(work / "redis", free_port()).start()
-        exits.callback(redis.stop)
-        postgres = PostgresServer(work / "postgres", free_port()).start()
-        exits.callback(postgres.stop)
-        migrate("postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://"), MODEL_DIR.parent)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("MLAPI_")},
-            "MLAPI_REDIS_URL": redis.url,
-            "MLAPI_DATABASE_URL": postgres.url,
-            "MLAPI_BUNDLED_MODELS_DIR": str(MODEL_DIR.parent),
-            "MLAPI_LOG_LEVEL": "WARNING",
-            "MLAPI_API__MAX_BACKLOG": "0",
-        }
-        children: list[subprocess.Popen[bytes]] = []
-        exits.callback(stop, children)
-        body = json.dumps(ModelSpec.read(MODEL_DIR).example).encode()
-        targets = {}
-        for i, (name, (auth, options)) in enumerate(SETTINGS.items()):
-            port = free_port()
-            headers: tuple[tuple[str, str], ...] = ()
-            if options is not None:
-                created = subprocess.run(
-                    [sys.executable, "-m", "mlapi", "keys", "create", f"cost-{i}", *options],
-                    env=env, capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                headers = (("Authorization", f"Bearer {created.stdout.split()[-1]}"),)
-            api_env = {**env, "MLAPI_API__PORT": str(port), "MLAPI_API__AUTH": auth}
-            children.append(spawn(["api"], work / f"api-{i}.log", api_env))
-            targets[name] = Target(f"http://127.0.0.1:{port}/predict", body, headers)
-        children += [spawn(["worker"], work / f"worker-{i + 1}.log", env) for i in range(WORKERS)]
-        for name, target in targets.items():
-            wait_for(target.url.replace("/predict", "/readyz"), f"the API with auth {name}")
-        yield targets
+    headers: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    def create_keys(env: dict[str, str]) -> None:
+        for i, (name, (_, options)) in enumerate(SETTINGS.items()):
+            if options is None:
+                headers[name] = ()
+                continue
+            created = subprocess.run(
+                [sys.executable, "-m", "mlapi", "keys", "create", f"cost-{i}", *options],
+                env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            headers[name] = (("Authorization", f"Bearer {created.stdout.split()[-1]}"),)
+
+    variants = {name: {"MLAPI_API__AUTH": auth} for name, (auth, _) in SETTINGS.items()}
+    body = json.dumps(ModelSpec.read(MODEL_DIR).example).encode()
+    with mlapi_apis(MODEL_DIR, work, variants, create_keys) as urls:
+        yield {name: Target(f"{url}/predict", body, headers[name]) for name, url in urls.items()}
 
 
 def main() -> None:

@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from mlapi.bench.load import LoadResult, Target, ensure_hey, run_hey
+from mlapi.bench.systems import mlapi_apis
 from mlapi.models.spec import ModelSpec
-from mlapi.servers import PostgresServer, RedisServer, free_port
 from mlapi.settings import PACKAGE_DIR
-from mlapi.storage.migrate import migrate
 
 SETTINGS = ("off", "async", "all")
-WORKERS = 2
 MODEL_DIR = PACKAGE_DIR / "models" / "registry" / "diabetes-risk"
 
 
@@ -52,51 +46,6 @@ def wait_for(url: str, what: str, ok: Callable[[Any], bool] | None = None, timeo
     raise RuntimeError(f"timed out waiting for {what} ({url})")
 
 
-@contextmanager
-def stack(work: Path) -> Iterator[dict[str, str]]:
-    """Valkey, PostgreSQL, the workers and one API per setting; yields each setting's base URL."""
-    with ExitStack() as exits:
-        redis = RedisServer(work / "redis", free_port()).start()
-        exits.callback(redis.stop)
-        postgres = PostgresServer(work / "postgres", free_port()).start()
-        exits.callback(postgres.stop)
-        migrate("postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://"), MODEL_DIR.parent)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("MLAPI_")},
-            "MLAPI_REDIS_URL": redis.url,
-            "MLAPI_DATABASE_URL": postgres.url,
-            "MLAPI_BUNDLED_MODELS_DIR": str(MODEL_DIR.parent),
-            "MLAPI_LOG_LEVEL": "WARNING",
-            "MLAPI_API__MAX_BACKLOG": "0",
-            "MLAPI_API__GRPC_PORT": "0",  # three API processes side by side, measured over HTTP only
-            "MLAPI_API__AUTH": "off",
-        }
-        children: list[subprocess.Popen[bytes]] = []
-        exits.callback(stop, children)
-        urls = {}
-        for setting in SETTINGS:
-            port = free_port()
-            api_env = {**env, "MLAPI_API__PORT": str(port), "MLAPI_API__DURABLE_ACCEPT": setting}
-            children.append(spawn(["api"], work / f"api-{setting}.log", api_env))
-            urls[setting] = f"http://127.0.0.1:{port}"
-        children += [spawn(["worker"], work / f"worker-{i + 1}.log", env) for i in range(WORKERS)]
-        for setting, url in urls.items():
-            wait_for(f"{url}/readyz", f"the API with durable acceptance {setting}")
-        yield urls
-
-
-def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "mlapi", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.wait(15)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="hey's duration per run")
@@ -108,7 +57,8 @@ def main() -> None:
         raise SystemExit("hey is needed: `make hey`, or apt-get install hey")
     body = json.dumps(ModelSpec.read(MODEL_DIR).example).encode()
     results: dict[tuple[str, str], list[LoadResult]] = {}
-    with tempfile.TemporaryDirectory() as tmp, stack(Path(tmp)) as urls:
+    variants = {setting: {"MLAPI_API__DURABLE_ACCEPT": setting} for setting in SETTINGS}
+    with tempfile.TemporaryDirectory() as tmp, mlapi_apis(MODEL_DIR, Path(tmp), variants, lambda env: None) as urls:
         for _ in range(args.rounds):
             for mode, query in (("waiting", ""), ("wait=false", "?wait=false")):
                 for setting, url in urls.items():

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,30 +103,41 @@ def mlserver_system(model_dir: Path, work: Path, venv: Path) -> Iterator[Running
 
 
 @contextmanager
-def mlapi_stack(model_dir: Path, work: Path, grpc_port: int = 0) -> Iterator[Running]:
-    """What `mlapi up` runs: the API, two workers, Redis and PostgreSQL, in a throwaway data dir; the API's gRPC
-    service on `grpc_port` (0: off, as the benchmark measures HTTP)."""
+def _mlapi_servers(model_dir: Path, work: Path) -> Iterator[tuple[RedisServer, PostgresServer, dict[str, str]]]:
+    """Redis and PostgreSQL in a throwaway data dir, migrated with `model_dir`'s model; and the environment of
+    the mlapi processes on them (gRPC and access control off, as the peers have neither)."""
     with ExitStack() as stack:
         redis = RedisServer(work / "redis", free_port()).start()
         stack.callback(redis.stop)
         postgres = PostgresServer(work / "postgres", free_port()).start()
         stack.callback(postgres.stop)
-        api_port = free_port()
+        migrate("postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://"), model_dir.parent)
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("MLAPI_")},
             "MLAPI_REDIS_URL": redis.url,
             "MLAPI_DATABASE_URL": postgres.url,
             "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
-            "MLAPI_API__PORT": str(api_port),
-            "MLAPI_API__GRPC_PORT": str(grpc_port),
-            "MLAPI_API__AUTH": "off",  # like the peers it is compared with
+            "MLAPI_API__GRPC_PORT": "0",
+            "MLAPI_API__AUTH": "off",
             "MLAPI_LOG_LEVEL": "WARNING",
         }
-        database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")
-        migrate(database_url, model_dir.parent)
-        command = [sys.executable, "-m", "mlapi"]
-        api = _spawn([*command, "api"], work / "api.log", env)
-        workers = [_spawn([*command, "worker"], work / f"worker-{i + 1}.log", env) for i in range(MLAPI_WORKERS)]
+        yield redis, postgres, env
+
+
+def _mlapi(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return _spawn([sys.executable, "-m", "mlapi", *args], log, env)
+
+
+@contextmanager
+def mlapi_stack(model_dir: Path, work: Path, grpc_port: int = 0) -> Iterator[Running]:
+    """What `mlapi up` runs: the API, two workers, Redis and PostgreSQL, in a throwaway data dir; the API's gRPC
+    service on `grpc_port` (0: off, as the benchmark measures HTTP)."""
+    with ExitStack() as stack:
+        redis, postgres, env = stack.enter_context(_mlapi_servers(model_dir, work))
+        api_port = free_port()
+        env |= {"MLAPI_API__PORT": str(api_port), "MLAPI_API__GRPC_PORT": str(grpc_port)}
+        api = _mlapi(["api"], work / "api.log", env)
+        workers = [_mlapi(["worker"], work / f"worker-{i + 1}.log", env) for i in range(MLAPI_WORKERS)]
         children = [api, *workers]
         stack.callback(_stop, children)
         base = f"http://127.0.0.1:{api_port}"
@@ -136,4 +147,29 @@ def mlapi_stack(model_dir: Path, work: Path, grpc_port: int = 0) -> Iterator[Run
         postmaster = int((postgres.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
         processes = {"api": [api.pid], "workers": [w.pid for w in workers], "redis": [redis.process.pid],
                      "postgres": [postmaster]}  # fmt: skip
+        database_url = "postgresql+asyncpg://" + postgres.url.removeprefix("postgresql://")
         yield Running("mlapi", Target(f"{base}/predict", body), base, processes, database_url)
+
+
+@contextmanager
+def mlapi_apis(
+    model_dir: Path, work: Path, variants: dict[str, dict[str, str]], before: Callable[[dict[str, str]], None]
+) -> Iterator[dict[str, str]]:
+    """One mlapi stack with one API process per variant, each with its own settings on top of the stack's
+    (`variants[name]`), and two workers: what the cost scripts compare. `before(env)` runs once the servers
+    are up, before any API starts (to create keys, say). Yields each variant's base URL once all are ready."""
+    with ExitStack() as stack:
+        _, _, env = stack.enter_context(_mlapi_servers(model_dir, work))
+        env["MLAPI_API__MAX_BACKLOG"] = "0"  # only the variants' settings differ: no admission control
+        before(env)
+        children: list[subprocess.Popen[bytes]] = []
+        stack.callback(_stop, children)
+        urls = {}
+        for i, (name, settings) in enumerate(variants.items()):
+            port = free_port()
+            children.append(_mlapi(["api"], work / f"api-{i}.log", {**env, **settings, "MLAPI_API__PORT": str(port)}))
+            urls[name] = f"http://127.0.0.1:{port}"
+        children += [_mlapi(["worker"], work / f"worker-{i + 1}.log", env) for i in range(MLAPI_WORKERS)]
+        for name, url in urls.items():
+            _wait_ready(f"{url}/readyz", children, f"the API {name}")
+        yield urls
