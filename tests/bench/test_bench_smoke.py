@@ -1,4 +1,5 @@
-"""Keeps `mlapi bench` working: a very short run against the floor baseline, and the parsers it relies on.
+"""Keeps `make bench` (`python -m benchmarks`) working: a very short run against the floor baseline, paused
+between its points as every system is, and the parsers it relies on.
 
 The run uses hey when it is installed and the package's small httpx load generator otherwise; a test
 never installs anything. It asserts that the report is written, nothing about speed.
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mlapi.bench import Plan, run
-from mlapi.bench.load import parse_hey
-from mlapi.bench.probes import parse_server_timing
-from mlapi.bench.report import MARKDOWN, PLOT
+from benchmarks import Plan, run
+from benchmarks.load import parse_hey
+from benchmarks.probes import parse_server_timing
+from benchmarks.report import MARKDOWN, PLOT
 from mlapi.settings import Settings
 
 HEY_OUTPUT = """
@@ -55,12 +56,13 @@ def test_parse_server_timing() -> None:
 
 def test_short_bench_against_the_floor_writes_the_report(tmp_path: Path) -> None:
     plan = replace(
-        Plan(), systems=("floor",), concurrencies=(1, 4), seconds=1.0, warmup_s=0.5, history_rows=(),
-        out_dir=tmp_path, use_hey=shutil.which("hey") is not None, quick=True,
+        Plan(), systems=("floor",), concurrencies=(1, 4), seconds=1.0, warmup_s=0.5, rewarm_s=0.2, history_rows=(),
+        extras=False, out_dir=tmp_path, use_hey=shutil.which("hey") is not None, quick=True,
     )  # fmt: skip
     results = run(plan, Settings())
     assert [p.result.concurrency for p in results.points] == [1, 4]
     assert all(p.result.ok > 0 and p.result.errors == 0 for p in results.points)
     report = (tmp_path / MARKDOWN).read_text()
     assert "bare FastAPI floor" in report
+    assert results.point("floor", 4) is not None and results.point("floor", 4).memory["server"].pss_mb > 0  # type: ignore[union-attr]
     assert (tmp_path / PLOT).read_bytes().startswith(b"\x89PNG")
