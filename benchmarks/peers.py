@@ -56,7 +56,7 @@ def _sklearn_version() -> str:
 def ensure_venv(peer: Peer, root: Path) -> Path:
     """The serving executable of the peer's venv under `root`, created on first use with the scikit-learn
     version mlapi runs (so the exported pipeline loads as trained)."""
-    venv = root / f"{peer.name}-venv"
+    venv = (root / f"{peer.name}-venv").resolve()
     executable = venv / "bin" / peer.executable
     stamp = venv / ".installed"
     wanted = " ".join([*peer.requirements, f"scikit-learn=={_sklearn_version()}"])
@@ -96,7 +96,7 @@ def mlserver_folder(model_dir: Path, out_dir: Path, ports: tuple[int, int, int])
         "implementation": "mlserver_sklearn.SKLearnModel",
         "max_batch_size": MLSERVER_MAX_BATCH_SIZE,
         "max_batch_time": MLSERVER_MAX_BATCH_TIME_S,
-        "parameters": {"uri": "./model.joblib", "version": spec.version},
+        "parameters": {"uri": "./model.joblib", "version": str(spec.version)},
     }
     (out_dir / "settings.json").write_text(json.dumps(server, indent=2))
     (out_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))

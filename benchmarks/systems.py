@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import peers
+from benchmarks import peers, probes
 from benchmarks.load import Target
 from mlapi.models.spec import ModelSpec
 from mlapi.servers import PostgresServer, RedisServer, free_port
@@ -51,16 +51,23 @@ class Running:
     """The configuration chosen, for the report (the peers' workers and options)."""
 
     def pause(self) -> None:
-        for group in self.groups:
-            with suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGSTOP)
+        _signal_all(self.groups, signal.SIGSTOP)
 
     def resume(self) -> None:
-        for group in self.groups:
-            with suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGCONT)
+        _signal_all(self.groups, signal.SIGCONT)
         if self.ready_url:
             _wait_ready(self.ready_url, [], self.name)
+
+
+def _signal_all(groups: list[int], sig: signal.Signals) -> None:
+    """Signal each process group, and every descendant of its leader, in case a server moved one to a group of
+    its own."""
+    for group in groups:
+        with suppress(ProcessLookupError):
+            os.killpg(group, sig)
+    for pid in probes.tree(groups):
+        with suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], what: str) -> None:
@@ -81,10 +88,9 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], what: str) -
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     """Stop each process's whole group (a server's workers too), paused or not."""
-    for p in processes:
-        with suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGCONT)
-            os.killpg(p.pid, signal.SIGTERM)
+    descendants = probes.tree(p.pid for p in processes)
+    _signal_all([p.pid for p in processes], signal.SIGCONT)
+    _signal_all([p.pid for p in processes], signal.SIGTERM)
     for p in processes:
         try:
             p.wait(15)
@@ -94,6 +100,9 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
         with suppress(ProcessLookupError):  # children that outlived their parent
             os.killpg(p.pid, signal.SIGKILL)
+    for pid in descendants:  # and any that left the group
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def spawn(
