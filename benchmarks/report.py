@@ -134,7 +134,7 @@ def table(results: Results) -> str:
     parts = [_text_table(RESULT_HEADER, _rows(results))]
     if ratios := _ratios(results):
         parts.append("ratios of mlapi to each (throughput: higher is better; latency: lower is better)\n"
-                     + _text_table(RATIO_HEADER, ratios))  # fmt: skip
+                     + _text_table(RATIO_HEADER, [[c.replace("**", "") for c in r] for r in ratios]))  # fmt: skip
     if u := capacity.unit(results):
         parts.append(capacity.console(u))
     if targets := _targets(results):
@@ -354,7 +354,9 @@ def _memory_section(results: Results) -> list[str]:
         f"Resident memory right after each c={top} point (the largest over the rounds), each process tree summed "
         "from /proc/PID/smaps_rollup. **PSS** (proportional set size) is what the targets read: a page shared by "
         "several processes (forked workers, shared libraries) is divided among them, so a tree's PSS is what it "
-        "really holds; RSS counts shared pages in full in every process.",
+        "really holds; RSS counts shared pages in full in every process. The baselines run from mlapi's venv and "
+        "would share its libraries' pages (lowering its PSS), so mlapi is measured again once every other system "
+        "is stopped, and the larger figure kept; each peer has its own venv.",
         "",
         _md_table(["system", "processes measured", "count", "PSS MB", "RSS MB"], rows),
         "",
@@ -392,6 +394,10 @@ def _per_prediction_section(results: Results) -> list[str]:
     ]
 
 
+def _section(title: str, intro: str, table: str) -> list[str]:
+    return [f"## {title}", "", intro, "", table, ""]
+
+
 def _load_rows(named: dict[str, LoadResult]) -> list[list[str]]:
     return [[name, f"{r.rps:,.0f}", _ms(r.p50_ms), _ms(r.p99_ms), f"{r.errors:,}"] for name, r in named.items()]
 
@@ -400,29 +406,23 @@ def _extras_sections(results: Results) -> list[str]:
     x, plan = results.extras, results.plan
     if x is None:
         return []
-    lines = [
-        "## What each feature costs",
-        "",
+    lines = _section(
+        "What each feature costs",
         f"One more stack (Valkey, PostgreSQL, two workers) with one API process per setting, differing only in "
         f"it; hey at c={plan.top}, {plan.extras_seconds:g} s per run, median of {plan.rounds} round(s) in rotating "
         "order, the queue drained before each run. The targets are measured with all of them off.",
-        "",
         _md_table(["setting", "req/s", "p50 ms", "p99 ms", "errors"], _load_rows(x.features)),
-        "",
-    ]
+    )
     if x.oip:
         tool = next(iter(x.oip.values())).tool
-        lines += [
-            "## The Open Inference Protocol's paths",
-            "",
+        lines += _section(
+            "The Open Inference Protocol's paths",
             f"The same stack's API with its gRPC service on; c={plan.top}, {plan.extras_seconds:g} s per path, "
             f"median of {plan.rounds} rotated round(s), one diabetes-risk row per request. hey speaks no gRPC, so "
             f"one load generator drives all four alike: {tool}, in the benchmark's process (slower than hey, so "
             "compare these rows with each other, not with the main table).",
-            "",
             _md_table(["path", "req/s", "p50 ms", "p99 ms", "errors"], _load_rows(x.oip)),
-            "",
-        ]
+        )
     if x.runtimes:
         rows = []
         for r in x.runtimes:
