@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 MARKDOWN = "capacity.md"
 RATES = (1_000, 10_000, 100_000)
 BUSY = 0.7
+PG_CORES = 8
+"""The PostgreSQL host the plan compares one Redis with: a common size for a database server."""
 """The share of a core each process is planned at: headroom for bursts, as a capacity plan should keep."""
 
 
@@ -106,6 +108,7 @@ def markdown(results: Results) -> str:
         return "# Capacity\n\nThe last benchmark run measured no mlapi point at its top concurrency.\n"
     redis_ceiling = BUSY * 1e6 / u.redis_cpu_us
     pg_core = BUSY * 1e6 / u.postgres_cpu_us
+    first = "Redis" if redis_ceiling < PG_CORES * pg_core else "PostgreSQL"
     return "\n".join([
         "# Capacity: past one machine, on paper",
         "",
@@ -134,23 +137,26 @@ def markdown(results: Results) -> str:
         "",
         "## What saturates first",
         "",
-        f"The API and the workers scale out: they share nothing but Redis and PostgreSQL, so more processes (on "
-        f"more machines) add capacity in proportion. Today's design has **one Redis** and **one PostgreSQL "
+        "The API and the workers scale out: they share nothing but Redis and PostgreSQL, so more processes (on "
+        "more machines) add capacity in proportion. Today's design has **one Redis** and **one PostgreSQL "
         f"table**. One Redis at {BUSY:.0%} of its thread carries about **{redis_ceiling:,.0f} predictions/s** "
-        f"({u.redis_commands:.1f} commands each); one PostgreSQL core carries about **{pg_core:,.0f}**, so its "
-        f"CPU scales with cores until the single table and the single WAL stream do not. At these figures "
-        f"{'Redis' if redis_ceiling < 8 * pg_core else 'PostgreSQL'} is the first shared part to saturate "
-        "(against a PostgreSQL host of 8 cores).",
+        f"({u.redis_commands:.1f} commands each); PostgreSQL's CPU scales with its host's cores (about "
+        f"{pg_core:,.0f} predictions/s per core, {PG_CORES * pg_core:,.0f} on {PG_CORES} cores) until the single "
+        f"table and the single WAL stream do not. At these figures **{first}** is the first shared part to "
+        f"saturate, at about {min(redis_ceiling, PG_CORES * pg_core):,.0f} predictions/s.",
         "",
-        "- **1 k/s** fits one machine of a few cores as `make up` runs it.",
-        "- **10 k/s** needs the API and workers spread over machines, and puts one Redis and one PostgreSQL "
-        "near what a single instance of each does with headroom: the first limit met as the load grows.",
-        "- **100 k/s** is past one Redis and one PostgreSQL primary. What would have to change:",
-        "  - **Redis**: shard the streams (one stream per model, or per hash of the request id, across a Redis "
+        *(f"- **{rate / 1000:,.0f} k/s**: {_n(rate, u.api_cpu_us)} API processes and {_n(rate, u.worker_cpu_us)} "
+          f"workers; Redis at {rate * u.redis_cpu_us / 1e6:.0%} of one thread; PostgreSQL "
+          f"{rate * u.postgres_cpu_us / 1e6:,.1f} cores busy, {rate * u.pg_rows:,.0f} rows/s, "
+          f"{rate * u.wal_bytes / 1e6:,.1f} MB/s of WAL." for rate in RATES),
+        "",
+        "Beyond one Redis and one PostgreSQL primary, what would have to change:",
+        "",
+        "- **Redis**: shard the streams (one stream per model, or per hash of the request id, across a Redis "
         "Cluster or several instances), each API enqueueing on the shard its request hashes to and each worker "
         "reading a set of shards; replies keyed the same way. Fewer commands per prediction (pipelining the "
         "enqueue and the reply wait, one reply stream read per batch) lowers the shard count.",
-        "  - **PostgreSQL**: one table taking every row at "
+        "- **PostgreSQL**: one table taking every row at "
         f"{100_000 * u.pg_rows:,.0f} rows/s and {100_000 * u.wal_bytes / 1e6:,.0f} MB/s of WAL is beyond one "
         "primary's comfortable write rate: partition the history by time (declarative partitioning, dropping "
         "old partitions instead of deleting), write in larger batches (COPY per batch), and past that shard the "
