@@ -586,7 +586,7 @@ def plot(results: Results) -> None:
     right.set_yscale("log")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
-    fig.suptitle(f"mlapi bench, {results.started:%Y-%m-%d}, {results.machine.split(', Linux')[0]}", fontsize=10)
+    fig.suptitle(f"make bench, {results.started:%Y-%m-%d}, {results.machine.split(', Linux')[0]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(results.plan.out_dir / PLOT, dpi=110)
     plt.close(fig)
