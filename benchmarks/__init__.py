@@ -168,6 +168,8 @@ class Results:
     configs: dict[str, str] = field(default_factory=dict)
     """The configuration each system ran in."""
     extras: extras.Extras | None = None
+    rewarm_errors: dict[str, int] = field(default_factory=dict)
+    """Errors each system answered in its re-warms after a pause (none expected)."""
     seconds: float = 0.0
     load_before: str = field(default_factory=lambda: f"{os.getloadavg()[0]:.1f}")
     """Load average when the run began: how busy the shared machine was."""
@@ -324,10 +326,11 @@ def _choose(results: Results, load: LoadGenerator, model_dir: Path, tmp: Path) -
     return chosen
 
 
-def _resume(plan: Plan, load: LoadGenerator, running: systems.Running) -> None:
-    """SIGCONT, ready again, and a short load so no point starts cold; says so if the re-warm saw errors."""
+def _resume(results: Results, load: LoadGenerator, running: systems.Running) -> None:
+    """SIGCONT, ready again, and a short load so no point starts cold; counts and says so if it saw errors."""
     running.resume()
-    rewarm = load.run(running.target, 16, plan.rewarm_s)
+    rewarm = load.run(running.target, 16, results.plan.rewarm_s)
+    results.rewarm_errors[running.name] = results.rewarm_errors.get(running.name, 0) + rewarm.errors
     if rewarm.errors:
         print(f"  {running.name}: {rewarm.errors} errors while re-warming after a pause: {rewarm.error_samples}",
               flush=True)  # fmt: skip
@@ -389,7 +392,7 @@ def run(plan: Plan, settings: Settings) -> Results:
                 print(f"round {r + 1} of {plan.rounds}", flush=True)
                 for concurrency in plan.concurrencies:
                     for name in order:
-                        _resume(plan, load, running[name])
+                        _resume(results, load, running[name])
                         point = _measure(plan, load, running[name], concurrency)
                         running[name].pause()
                         measured.setdefault((name, concurrency), []).append(point)
@@ -398,7 +401,7 @@ def run(plan: Plan, settings: Settings) -> Results:
                 if name != "mlapi":
                     stacks[name].close()
             if mlapi := running.get("mlapi"):
-                _resume(plan, load, mlapi)
+                _resume(results, load, mlapi)
                 _remeasure_memory(results, mlapi)
                 _phase(started, "lone requests and history")
                 results.lone = probes.lone_requests(mlapi.target.url, mlapi.target.body or b"", plan.lone_requests)

@@ -522,7 +522,10 @@ def markdown(results: Results) -> str:
         "the one under load paused (SIGSTOP on its process groups; resumed, it gets a "
         f"{plan.rewarm_s:g} s re-warm before its point): each point is {plan.rounds} round(s) of {plan.seconds:g} s "
         "per system, the order rotating each round, and the table gives the median round (errors and counts are "
-        "totals). **The best peer** is the fastest of MLServer, BentoML and LitServe at each concurrency. Load average "
+        f"totals; errors in the re-warms: {sum(results.rewarm_errors.values()):,}). **The best peer** is the fastest "
+        "of MLServer, BentoML and LitServe at each concurrency. mlapi's workers run with their predict watchdog "
+        "(which ends a worker whose event loop has not run for 30 s) at an hour, as a pause looks like a hang to "
+        "it. Load average "
         f"(1 min) {results.load_before} at the start, {_load_now()} at the end.",
         "",
         "The machine is small and shared, and the load generator competes with the servers for its cores: "

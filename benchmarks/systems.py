@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SINGLE_THREADED = {**os.environ, "OMP_NUM_THREADS": "1"}
 FEATURES_OFF = {"MLAPI_API__AUTH": "off", "MLAPI_API__DURABLE_ACCEPT": "off", "MLAPI_API__MAX_BACKLOG": "0"}
 """What the targets are measured with: no access control, no durable acceptance, no admission control."""
+PAUSED_WATCHDOG_S = 3600
+"""The workers' predict watchdog, longer than any pause (it changes nothing while a worker runs)."""
 
 
 @dataclass
@@ -208,6 +210,9 @@ def _mlapi_servers(model_dir: Path, work: Path) -> Iterator[tuple[RedisServer, P
             "MLAPI_BUNDLED_MODELS_DIR": str(model_dir.parent),
             "MLAPI_API__GRPC_PORT": "0",
             "MLAPI_LOG_LEVEL": "WARNING",
+            # The workers' watchdog ends a worker whose event loop has not run for predict_timeout_s of wall
+            # time (30 s), which is what a pause while the other systems are measured looks like to it.
+            "MLAPI_WORKER__PREDICT_TIMEOUT_S": str(PAUSED_WATCHDOG_S),
             **FEATURES_OFF,
         }
         yield redis, postgres, env
