@@ -44,9 +44,10 @@ browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; }
 
-# `make bench` runs the benchmark (docs/benchmarks.md); `make bench QUICK=1` is the short development run.
+# `make bench` runs the benchmark (benchmarks/, not part of the package: docs/benchmarks.md and docs/capacity.md);
+# `make bench QUICK=1` is the short development run (its report in .bench/quick). The peers' venvs go in .bench/.
 bench: venv hey
-	$(BIN)/mlapi bench $(if $(QUICK),--quick)
+	$(BIN)/python -m benchmarks $(if $(QUICK),--quick)
 
 hey:
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && \

@@ -1,4 +1,4 @@
-"""`mlapi up | api | worker | web | migrate | keys | train | models | bench`: build Settings once and hand them
+"""`mlapi up | api | worker | web | migrate | keys | train | models`: build Settings once and hand them
 down."""
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ def _parser() -> argparse.ArgumentParser:
         help="only write the reference profile (profile.json) of the model trained before, from its training split",
     )  # fmt: skip
     _models_parser(commands.add_parser("models", help="add, list, promote and remove the models served"))
-    bench = commands.add_parser("bench", help="benchmark mlapi against the alternatives")
-    bench.add_argument("--quick", action="store_true", help="short run for development")
     return parser
 
 
@@ -147,10 +145,6 @@ def main(argv: list[str] | None = None) -> None:
             print(line)
     elif args.command == "train":
         _train(args, settings)
-    elif args.command == "bench":
-        from mlapi.bench import run_bench
-
-        run_bench(settings, quick=args.quick)
 
 
 def _serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:

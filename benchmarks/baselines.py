@@ -1,4 +1,4 @@
-"""The two FastAPI baselines, written as a user would: `python -m mlapi.bench.baselines floor|inprocess PORT`.
+"""The two FastAPI baselines, written as a user would: `python -m benchmarks.baselines floor|inprocess PORT`.
 
 `floor` validates the body with the model's own pydantic schema and answers a constant: the most any
 FastAPI service can do on this machine. `inprocess` calls the trained pipeline on a one-row DataFrame
@@ -31,7 +31,7 @@ def floor_app(spec: ModelSpec) -> FastAPI:
 def inprocess_app(model_dir: Path) -> FastAPI:
     import pandas as pd
 
-    from mlapi.bench.probes import load_bundled
+    from benchmarks.probes import load_bundled
 
     model = load_bundled(model_dir)
     pipeline, labels = model.estimator, model.spec.labels

@@ -1,55 +1,31 @@
-"""What the Open Inference Protocol paths cost against the JSON API: req/s and latency for one diabetes-risk row.
+"""The Open Inference Protocol's paths beside the JSON API: req/s and latency for one diabetes-risk row.
 
-    .venv/bin/python scripts/oip_throughput.py [--seconds 5] [--rounds 3] [--clients 16]
-
-Starts one stack (Valkey, PostgreSQL, the API with its gRPC service, two workers, every row stored), then
-loads four paths in turn with the same `--clients` concurrent clients for `--seconds` each, the paths rotated
-within each round: the JSON API (`POST /models/diabetes-risk/predict`), v2 REST with a JSON body, v2 REST with
-Triton's binary tensor extension (binary outputs too, as tritonclient asks by default) and gRPC `ModelInfer`
-(raw contents). One asyncio load generator for all four (aiohttp; grpc.aio with the request serialised once),
-each answer's status checked and its body read but not parsed. Prints one markdown table: the median over the
-rounds of req/s, p50 and p99, and the generator's own CPU per request (it shares the machine). The machine is
-shared and noisy: read ratios between rows of one run.
+Four paths loaded in turn with the same clients for the same time, rotated within each round: the JSON API
+(`POST /models/diabetes-risk/predict`), v2 REST with a JSON body, v2 REST with Triton's binary tensor
+extension (binary outputs too, as tritonclient asks by default) and gRPC `ModelInfer` (raw contents). hey
+speaks no gRPC, so one asyncio load generator drives all four alike (aiohttp; grpc.aio with the request
+serialised once), each answer's status checked and its body read but not parsed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import resource
-import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import grpc
-import httpx
 import numpy as np
 import orjson
 from tritonclient.grpc import service_pb2
 
-from mlapi.bench.systems import mlapi_stack
+from benchmarks.load import LoadResult
 from mlapi.models.spec import ModelSpec
 from mlapi.oip import codec
-from mlapi.servers import free_port
-from mlapi.settings import PACKAGE_DIR
 
-MODEL_DIR = PACKAGE_DIR / "models" / "registry" / "diabetes-risk"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 Call = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    failed: int
-    client_cpu_ms: float
-    """The load generator's CPU time per answered request."""
 
 
 def tensors(spec: ModelSpec) -> list[codec.Tensor]:
@@ -85,10 +61,10 @@ def grpc_request(spec: ModelSpec) -> bytes:
     for tensor in tensors(spec):
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         request.raw_input_contents.append(codec.to_bytes(tensor))
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
-async def measure(call: Call, clients: int, seconds: float) -> Run:
+async def _measure(call: Call, clients: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
     failed = 0
     deadline = time.monotonic() + seconds
@@ -111,10 +87,16 @@ async def measure(call: Call, clients: int, seconds: float) -> Run:
     after = resource.getrusage(resource.RUSAGE_SELF)
     used = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
     ms = sorted(x * 1000 for x in latencies)
-    return Run(len(ms) / elapsed, ms[len(ms) // 2], ms[int(len(ms) * 0.99)], failed, used * 1000 / max(1, len(ms)))
+    return LoadResult(
+        concurrency=clients, seconds=elapsed, requests=len(ms) + failed, ok=len(ms), errors=failed,
+        rps=len(ms) / elapsed, p50_ms=ms[len(ms) // 2] if ms else float("nan"),
+        p99_ms=ms[int(len(ms) * 0.99)] if ms else float("nan"), tool="asyncio (aiohttp, grpc.aio)",
+        client_cpu_s=used,
+    )  # fmt: skip
 
 
-async def load(base: str, grpc_address: str, spec: ModelSpec, args: argparse.Namespace) -> dict[str, list[Run]]:
+async def _load(base: str, grpc_address: str, spec: ModelSpec, clients: int, seconds: float,
+                rounds: int) -> dict[str, list[LoadResult]]:  # fmt: skip
     paths = {
         "JSON API": f"{base}/models/{spec.name}/predict",
         "v2 REST, JSON": f"{base}/v2/models/{spec.name}/infer",
@@ -122,9 +104,12 @@ async def load(base: str, grpc_address: str, spec: ModelSpec, args: argparse.Nam
     }
     http_bodies = bodies(spec)
     request = grpc_request(spec)
-    connector = aiohttp.TCPConnector(limit=args.clients)
+    connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session, grpc.aio.insecure_channel(grpc_address) as ch:
-        infer = ch.unary_unary(INFER)  # bytes in, bytes out: the request is serialised once
+        # bytes in, bytes out: the request is serialised once
+        infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+            INFER
+        )  # bytes in, bytes out: the request is serialised once
 
         def http_call(name: str) -> Call:
             body, headers = http_bodies[name]
@@ -146,36 +131,16 @@ async def load(base: str, grpc_address: str, spec: ModelSpec, args: argparse.Nam
         assert [o.name for o in answer.outputs] == [o.name for o in codec.outputs(spec)], answer
         for call in calls.values():
             await call()  # each path answers 200 before it is measured
-        runs: dict[str, list[Run]] = {name: [] for name in calls}
-        for round_ in range(args.rounds):
+        runs: dict[str, list[LoadResult]] = {name: [] for name in calls}
+        for round_ in range(rounds):
             names = list(calls)
             names = names[round_ % len(names) :] + names[: round_ % len(names)]  # each path leads one round
             for name in names:
-                runs[name].append(await measure(calls[name], args.clients, args.seconds))
+                runs[name].append(await _measure(calls[name], clients, seconds))
     return runs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each path's run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each path, rotated")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    args = parser.parse_args()
-    spec = ModelSpec.read(MODEL_DIR)
-    grpc_port = free_port()
-    with tempfile.TemporaryDirectory() as tmp, mlapi_stack(MODEL_DIR, Path(tmp), grpc_port) as stack:
-        assert httpx.get(f"{stack.base_url}/v2/health/ready").status_code == 200
-        runs = asyncio.run(load(stack.base_url, f"127.0.0.1:{grpc_port}", spec, args))
-    print(f"{args.clients} concurrent clients, {args.seconds:g} s per run, median of {args.rounds} rotated round(s); "
-          "one row of diabetes-risk per request; two workers, every row stored\n")  # fmt: skip
-    print("| path | req/s | p50 ms | p99 ms | failed | client CPU ms/req |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, results in runs.items():
-        median = {k: statistics.median(getattr(r, k) for r in results) for k in ("rps", "p50_ms", "p99_ms")}
-        cpu = statistics.median(r.client_cpu_ms for r in results)
-        print(f"| {name} | {median['rps']:,.0f} | {median['p50_ms']:.1f} | {median['p99_ms']:.1f} | "
-              f"{sum(r.failed for r in results)} | {cpu:.2f} |")  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
+def measure(base: str, grpc_address: str, spec: ModelSpec, clients: int, seconds: float,
+            rounds: int) -> dict[str, list[LoadResult]]:  # fmt: skip
+    """Each path's load results, one per round."""
+    return asyncio.run(_load(base, grpc_address, spec, clients, seconds, rounds))

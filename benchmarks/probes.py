@@ -47,7 +47,7 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / _TICKS
 
 
-def _median_cpu_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_cpu_ms(fn: Callable[[], object], repeat: int) -> float:
     """CPU time, like the workers' cost it is compared with; wall time on a shared machine measures the neighbours."""
     fn()
     times = []
@@ -98,8 +98,8 @@ def _pipeline_costs(model_dir: Path, batches: Iterable[int], repeat: int) -> lis
         out.append(
             PipelineCost(
                 batch=n,
-                pipeline_ms=_median_cpu_ms(lambda f=frame: model.estimator.predict_proba(f), repeat),  # type: ignore[misc]
-                lean_ms=_median_cpu_ms(lambda r=rows: model.scores(r), repeat),  # type: ignore[misc]
+                pipeline_ms=median_cpu_ms(lambda f=frame: model.estimator.predict_proba(f), repeat),  # type: ignore[misc]
+                lean_ms=median_cpu_ms(lambda r=rows: model.scores(r), repeat),  # type: ignore[misc]
             )
         )
     return out
@@ -265,3 +265,99 @@ async def _fill(database_url: str, rows: int, progress: Callable[[int], None]) -
 
 def fill_history(database_url: str, rows: int, progress: Callable[[int], None]) -> str:
     return asyncio.run(_fill(database_url, rows, progress))
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent, _ = _cpu_of((entry / "stat").read_text())
+            except OSError:
+                continue
+            out.setdefault(parent, []).append(int(entry.name))
+    return out
+
+
+def tree(pids: Iterable[int]) -> list[int]:
+    """The processes and all their descendants."""
+    children = _children()
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+@dataclass
+class Memory:
+    pss_mb: float
+    """Proportional set size: each shared page divided among the processes sharing it (forked workers, libraries)."""
+    rss_mb: float
+    """Resident set size: shared pages counted in full in every process."""
+    processes: int
+
+
+def memory(pids: Iterable[int]) -> Memory:
+    """PSS and RSS of processes and all their descendants, from /proc/PID/smaps_rollup."""
+    pss = rss = 0
+    count = 0
+    for pid in tree(pids):
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # gone, or a kernel thread
+            continue
+        count += 1
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return Memory(pss / 1024, rss / 1024, count)
+
+
+def redis_commands(url: str) -> dict[str, int]:
+    """Calls of each command the server has run since it started (INFO commandstats)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+@dataclass
+class PgCounters:
+    wal_bytes: int
+    """pg_current_wal_lsn() as a byte position."""
+    rows_written: int
+    """Rows inserted, updated and deleted in the database (pg_stat_database)."""
+    predictions_inserted: int
+    """Rows inserted into the history table (pg_stat_user_tables)."""
+
+
+def pg_counters(database_url: str) -> PgCounters:
+    rows = asyncio.run(
+        _fetch(
+            database_url,
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal, "
+            "(SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database "
+            " WHERE datname = current_database()) AS written, "
+            "(SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables WHERE relname = 'predictions') AS ins",
+        )
+    )
+    return PgCounters(int(rows[0].wal), int(rows[0].written), int(rows[0].ins))
+
+
+def pg_counters_after(database_url: str, before: PgCounters, stored: int, timeout_s: float = 15.0) -> PgCounters:
+    """The counters once the statistics of the rows stored since `before` have reached pg_stat (backends
+    report theirs up to 10 s after they go idle); the WAL position is exact at any time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = pg_counters(database_url)
+        if after.predictions_inserted - before.predictions_inserted >= stored or time.monotonic() > deadline:
+            return after
+        time.sleep(0.5)

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from benchmarks import capacity, probes
+
 if TYPE_CHECKING:
-    from mlapi.bench import Point, Results
+    from benchmarks import Point, Results
+    from benchmarks.load import LoadResult
 
 MARKDOWN = "benchmarks.md"
 PLOT = "benchmarks.png"
@@ -18,6 +21,8 @@ LABELS = {
     "floor": "bare FastAPI floor",
     "inprocess": "FastAPI + pipeline in-process",
     "mlserver": "MLServer, adaptive batching",
+    "bentoml": "BentoML, adaptive batching",
+    "litserve": "LitServe, batching",
     "mlapi": "mlapi (API, 2 workers, Redis, PostgreSQL)",
 }
 DESCRIPTIONS = {
@@ -28,8 +33,15 @@ DESCRIPTIONS = {
     "mlserver": "MLServer 1.7 with `mlserver-sklearn`, the same pipeline exported with joblib, adaptive batching "
     "on (32 rows / 2 ms), `parallel_workers: 0`; in its own venv. The request is the V2 inference protocol "
     "with the pandas codec (one input per column, `predict_proba` requested): the same sample, another shape.",
+    "bentoml": "BentoML 1.4 with `@bentoml.api(batchable=True)` (adaptive batching, at most 64 rows, max latency "
+    "1 s), the pipeline loaded with joblib, `predict_proba` on a DataFrame of the batch; in its own venv. The body "
+    'is the sample as a batch of one (`{"rows": [sample]}`). 1 and 2 workers were tried, the faster kept.',
+    "litserve": "LitServe 0.2 with batching on (at most 64 rows, a 2 ms window), the pipeline loaded with joblib, "
+    "`predict_proba` on a DataFrame of the batch; in its own venv. The body is the sample. 1 and 2 workers, "
+    "`fast_queue` off and on were tried, the fastest kept.",
     "mlapi": "`mlapi up` as shipped: the API, two workers, Redis-compatible server and PostgreSQL; every "
-    "prediction is written to the history before it is answered.",
+    "prediction is written to the history before it is answered. Access control, durable acceptance and "
+    "admission control off (see *What each feature costs*).",
 }
 
 
@@ -83,6 +95,14 @@ def _rounds_section(results: Results) -> list[str]:
 
 def _ratios(results: Results) -> list[list[str]]:
     rows = []
+    for c in results.plan.concurrencies:
+        mine, best = results.point("mlapi", c), results.best_peer(c)
+        if mine is None or best is None:
+            continue
+        rows.append([f"**the best peer** ({LABELS[best.system]})", str(c),
+                     _ratio(_div(mine.result.rps, best.result.rps)),
+                     _ratio(_div(mine.result.p50_ms, best.result.p50_ms)),
+                     _ratio(_div(mine.result.p99_ms, best.result.p99_ms))])  # fmt: skip
     for other in [s for s in results.plan.systems if s != "mlapi"]:
         for c in results.plan.concurrencies:
             mine, theirs = results.point("mlapi", c), results.point(other, c)
@@ -114,7 +134,9 @@ def table(results: Results) -> str:
     parts = [_text_table(RESULT_HEADER, _rows(results))]
     if ratios := _ratios(results):
         parts.append("ratios of mlapi to each (throughput: higher is better; latency: lower is better)\n"
-                     + _text_table(RATIO_HEADER, ratios))  # fmt: skip
+                     + _text_table(RATIO_HEADER, [[c.replace("**", "") for c in r] for r in ratios]))  # fmt: skip
+    if u := capacity.unit(results):
+        parts.append(capacity.console(u))
     if targets := _targets(results):
         parts.append("targets\n" + "\n".join(f"  [{'met' if t.met else 'NOT met'}] {t.name}: {t.detail}"
                                              for t in targets))  # fmt: skip
@@ -132,18 +154,52 @@ def worker_ms_per_row(point: Point) -> float:
     return _div(point.cpu_s.get("workers", float("nan")) * 1000, float(point.persisted or 0))
 
 
-def _target_mlserver(results: Results, top: int) -> Verdict | None:
-    mine, theirs = results.point("mlapi", top), results.point("mlserver", top)
+def _target_peer(results: Results, top: int) -> Verdict | None:
+    mine, theirs = results.point("mlapi", top), results.best_peer(top)
     if mine is None or theirs is None:
         return None
     ratio = _div(mine.result.rps, theirs.result.rps)
     persisted = mine.persisted is not None and mine.persisted >= mine.answered and mine.result.errors == 0
     met = ratio >= 2 and mine.result.p99_ms <= theirs.result.p99_ms and persisted
     return Verdict(
-        f"c={top}: ≥ 2x MLServer's throughput, p99 no higher, every row persisted", met,
+        f"c={top}: ≥ 2x the best peer's throughput ({LABELS[theirs.system]}), p99 no higher, every row persisted",
+        met,
         f"{ratio:.2f}x ({mine.result.rps:,.0f} vs {theirs.result.rps:,.0f} req/s), p99 {_ms(mine.result.p99_ms)} vs "
         f"{_ms(theirs.result.p99_ms)} ms, {mine.persisted or 0:,} rows stored for {mine.answered:,} answers, "
         f"{mine.result.errors} errors",
+    )  # fmt: skip
+
+
+def _target_api_cpu(results: Results, top: int) -> Verdict | None:
+    mine, floor = results.point("mlapi", top), results.point("floor", top)
+    if mine is None or floor is None or not mine.answered or not floor.answered:
+        return None
+    api, bare = mine.cpu_s["api"] * 1e6 / mine.answered, floor.cpu_s["server"] * 1e6 / floor.answered
+    return Verdict(f"c={top}: API CPU per request within 2x of the floor's", api <= 2 * bare,
+                   f"{api:,.0f} vs {bare:,.0f} µs ({_ratio(_div(api, bare))})")  # fmt: skip
+
+
+def python_memory(point: Point) -> probes.Memory | None:
+    """The memory of a system's Python processes: mlapi's API and workers, a peer's whole process tree."""
+    groups = ["api", "workers"] if point.system == "mlapi" else ["server"]
+    found = [point.memory[g] for g in groups if g in point.memory]
+    if not found:
+        return None
+    return probes.Memory(sum(m.pss_mb for m in found), sum(m.rss_mb for m in found), sum(m.processes for m in found))
+
+
+def _target_memory(results: Results, top: int) -> Verdict | None:
+    mine, theirs = results.point("mlapi", top), results.best_peer(top)
+    if mine is None or theirs is None:
+        return None
+    a, b = python_memory(mine), python_memory(theirs)
+    if a is None or b is None:
+        return None
+    return Verdict(
+        f"memory: mlapi's Python processes no more than the best peer's ({LABELS[theirs.system]}), PSS",
+        a.pss_mb <= b.pss_mb,
+        f"{a.pss_mb:,.0f} MB in {a.processes} processes vs {b.pss_mb:,.0f} MB in {b.processes} (RSS {a.rss_mb:,.0f} "
+        f"vs {b.rss_mb:,.0f} MB)",
     )  # fmt: skip
 
 
@@ -160,7 +216,7 @@ def _target_lone(results: Results) -> Verdict | None:
     mine, theirs = results.point("mlapi", 1), results.point("inprocess", 1)
     if mine is None or theirs is None:
         return None
-    return Verdict("c=1: p50 no higher than the in-process baseline's", mine.result.p50_ms <= theirs.result.p50_ms,
+    return Verdict("c=1: p50 no higher than the in-process pipeline's", mine.result.p50_ms <= theirs.result.p50_ms,
                    f"{_ms(mine.result.p50_ms)} vs {_ms(theirs.result.p50_ms)} ms")  # fmt: skip
 
 
@@ -171,7 +227,7 @@ def _target_cost(results: Results, top: int) -> Verdict | None:
         return None
     worker, own = worker_ms_per_row(mine), batched.pipeline_ms / batched.batch
     return Verdict(
-        f"worker cost per row within 2x of the pipeline's own batched cost ({batched.batch} rows)",
+        f"worker CPU per row within 2x of the pipeline's own predict_proba per row at {batched.batch} rows",
         worker <= 2 * own,
         f"{worker * 1000:.0f} µs of worker CPU per row at c={top} vs {own * 1000:.0f} µs per row in "
         f"predict_proba({batched.batch} rows) ({_ratio(_div(worker, own))})",
@@ -192,8 +248,9 @@ def _target_history(results: Results) -> Verdict | None:
 def _targets(results: Results) -> list[Verdict]:
     top = max(results.plan.concurrencies)
     checks: list[Callable[[], Verdict | None]] = [
-        lambda: _target_mlserver(results, top), lambda: _target_floor(results, top), lambda: _target_lone(results),
-        lambda: _target_cost(results, top), lambda: _target_history(results),
+        lambda: _target_peer(results, top), lambda: _target_floor(results, top), lambda: _target_lone(results),
+        lambda: _target_cost(results, top), lambda: _target_api_cpu(results, top),
+        lambda: _target_memory(results, top), lambda: _target_history(results),
     ]  # fmt: skip
     return [v for check in checks if (v := check()) is not None]
 
@@ -277,6 +334,138 @@ def _cpu_section(results: Results) -> list[str]:
     ]
 
 
+def _memory_section(results: Results) -> list[str]:
+    top = results.plan.top
+    rows = []
+    for name in results.plan.systems:
+        p = results.point(name, top)
+        if p is None or not p.memory:
+            continue
+        for group, m in p.memory.items():
+            what = {"server": "all its processes", "api": "API (Python)", "workers": "workers (Python)",
+                    "redis": "Valkey (separate)", "postgres": "PostgreSQL (separate)"}[group]  # fmt: skip
+            rows.append([LABELS[name], what, str(m.processes), f"{m.pss_mb:,.0f}", f"{m.rss_mb:,.0f}"])
+        if name == "mlapi" and (py := python_memory(p)):
+            rows.append([LABELS[name], "**Python processes (API + workers)**", str(py.processes),
+                         f"**{py.pss_mb:,.0f}**", f"{py.rss_mb:,.0f}"])  # fmt: skip
+    return [
+        "## Memory",
+        "",
+        f"Resident memory right after each c={top} point (the largest over the rounds), each process tree summed "
+        "from /proc/PID/smaps_rollup. **PSS** (proportional set size) is what the targets read: a page shared by "
+        "several processes (forked workers, shared libraries) is divided among them, so a tree's PSS is what it "
+        "really holds; RSS counts shared pages in full in every process. The baselines run from mlapi's venv and "
+        "would share its libraries' pages (lowering its PSS), so mlapi is measured again once every other system "
+        "is stopped, and the larger figure kept; each peer has its own venv.",
+        "",
+        _md_table(["system", "processes measured", "count", "PSS MB", "RSS MB"], rows),
+        "",
+    ]
+
+
+def _trials_section(results: Results) -> list[str]:
+    if not results.trials:
+        return []
+    rows = [[LABELS[t.system], t.config, f"{t.result.rps:,.0f}", _ms(t.result.p99_ms), f"{t.result.errors:,}",
+             "kept" if t.kept else ""] for t in results.trials]  # fmt: skip
+    return [
+        "## The peers' configurations tried",
+        "",
+        f"Each configuration alone on the machine, {results.plan.trial_seconds:g} s at c={results.plan.top} after "
+        "a warm-up; the fastest without errors is the one measured.",
+        "",
+        _md_table(["system", "configuration", "req/s", "p99 ms", "errors", ""], rows),
+        "",
+    ]
+
+
+def _per_prediction_section(results: Results) -> list[str]:
+    u = capacity.unit(results)
+    if u is None:
+        return []
+    return [
+        f"## Per prediction, mlapi at c={u.concurrency}",
+        "",
+        f"What [capacity.md]({capacity.MARKDOWN}) plans from: CPU from /proc over the rounds, Redis commands "
+        "from `INFO commandstats`, PostgreSQL rows from `pg_stat_database` and WAL from `pg_current_wal_lsn()`.",
+        "",
+        _md_table(["figure", "value"], [[n, v] for n, v in capacity.figures(u)]),
+        "",
+    ]
+
+
+def _section(title: str, intro: str, table: str) -> list[str]:
+    return [f"## {title}", "", intro, "", table, ""]
+
+
+def _load_rows(named: dict[str, LoadResult]) -> list[list[str]]:
+    return [[name, f"{r.rps:,.0f}", _ms(r.p50_ms), _ms(r.p99_ms), f"{r.errors:,}"] for name, r in named.items()]
+
+
+def _extras_sections(results: Results) -> list[str]:
+    x, plan = results.extras, results.plan
+    if x is None:
+        return []
+    lines = _section(
+        "What each feature costs",
+        f"One more stack (Valkey, PostgreSQL, two workers) with one API process per setting, differing only in "
+        f"it; hey at c={plan.top}, {plan.extras_seconds:g} s per run, median of {plan.rounds} round(s) in rotating "
+        "order, the queue drained before each run. The targets are measured with all of them off.",
+        _md_table(["setting", "req/s", "p50 ms", "p99 ms", "errors"], _load_rows(x.features)),
+    )
+    if x.oip:
+        tool = next(iter(x.oip.values())).tool
+        lines += _section(
+            "The Open Inference Protocol's paths",
+            f"The same stack's API with its gRPC service on; c={plan.top}, {plan.extras_seconds:g} s per path, "
+            f"median of {plan.rounds} rotated round(s), one diabetes-risk row per request. hey speaks no gRPC, so "
+            f"one load generator drives all four alike: {tool}, in the benchmark's process (slower than hey, so "
+            "compare these rows with each other, not with the main table).",
+            _md_table(["path", "req/s", "p50 ms", "p99 ms", "errors"], _load_rows(x.oip)),
+        )
+    if x.runtimes:
+        rows = []
+        for r in x.runtimes:
+            one, many = r.cost_us.get(1, float("nan")), r.cost_us.get(64, float("nan"))
+            load = r.load
+            rows.append([r.model, r.runtime, f"{one:,.0f}", f"{many:,.0f}", f"{many / 64:,.1f}",
+                         f"{load.rps:,.0f}" if load else "-", _ms(load.p50_ms) if load else "-",
+                         _ms(load.p99_ms) if load else "-", f"{load.errors:,}" if load else "-"])  # fmt: skip
+        bundled = next((c for c in results.pipeline if c.batch == 64), None)
+        lines += [
+            "## Each runtime",
+            "",
+            "A 100-tree classifier per runtime trained on scikit-learn's breast-cancer data (30 numeric features), "
+            "and the scikit-learn pipeline in both shapes of its runtime (the compiled fast path; the generic "
+            "path, a scaler before the trees). The runtime's own `predict` is the median CPU time of "
+            f"{plan.runtime_repeats} calls in the benchmark process, one thread; throughput is through the whole "
+            f"stack (every row stored), hey at c={plan.top} for {plan.extras_seconds:g} s."
+            + (
+                f" The bundled model's compiled fast path costs {bundled.lean_ms * 1000:,.0f} µs per batch of 64 rows "
+                "(*Worker cost per row*); its throughput is the main table's."
+                if bundled
+                else ""
+            ),
+            "",
+            _md_table(
+                [
+                    "model",
+                    "runtime",
+                    "µs per batch of 1",
+                    "µs per batch of 64",
+                    "µs per row at 64",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    return lines
+
+
 def _lone_section(results: Results) -> list[str]:
     b = results.lone
     if b is None:
@@ -326,12 +515,17 @@ def markdown(results: Results) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `{command}` (`mlapi bench{' --quick' if plan.quick else ''}`) on "
+        f"Generated by `{command}` (`python -m benchmarks{' --quick' if plan.quick else ''}`) on "
         f"{results.started:%Y-%m-%d %H:%M} UTC in {results.seconds / 60:.0f} min; {results.machine}. "
         f"Load from {results.tool} on the same machine, against 127.0.0.1, the same 8-field diabetes sample for "
-        f"every system. All four run at once after a {plan.warmup_s:g} s warm-up each and take turns: each point "
-        f"is {plan.rounds} round(s) of {plan.seconds:g} s per system, the order rotating each round, and the "
-        "table gives the median round (errors and counts are totals). Load average "
+        f"every system. All run at once after a {plan.warmup_s:g} s warm-up each and take turns, every system but "
+        "the one under load paused (SIGSTOP on its process groups; resumed, it gets a "
+        f"{plan.rewarm_s:g} s re-warm before its point): each point is {plan.rounds} round(s) of {plan.seconds:g} s "
+        "per system, the order rotating each round, and the table gives the median round (errors and counts are "
+        f"totals; errors in the re-warms: {sum(results.rewarm_errors.values()):,}). **The best peer** is the fastest "
+        "of MLServer, BentoML and LitServe at each concurrency. mlapi's workers run with their predict watchdog "
+        "(which ends a worker whose event loop has not run for 30 s) at an hour, as a pause looks like a hang to "
+        "it. Load average "
         f"(1 min) {results.load_before} at the start, {_load_now()} at the end.",
         "",
         "The machine is small and shared, and the load generator competes with the servers for its cores: "
@@ -353,14 +547,18 @@ def markdown(results: Results) -> str:
         "",
         *(f"- {'✅ met' if t.met else '❌ not met'}: {t.name}: {t.detail}." for t in targets),
         "",
+        *_per_prediction_section(results),
+        *_memory_section(results),
         *_batch_section(results),
         *_cpu_section(results),
         *_cost_section(results),
         *_lone_section(results),
         *_history_section(results),
+        *_extras_sections(results),
+        *_trials_section(results),
         "## The systems",
         "",
-        *(f"- **{LABELS[s]}**: {DESCRIPTIONS[s]}" for s in plan.systems),
+        *(f"- **{LABELS[s]}** ({results.configs.get(s, '')}): {DESCRIPTIONS[s]}" for s in plan.systems),
         "",
     ]
     return "\n".join(lines)
@@ -391,7 +589,7 @@ def plot(results: Results) -> None:
     right.set_yscale("log")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
-    fig.suptitle(f"mlapi bench, {results.started:%Y-%m-%d}, {results.machine.split(', Linux')[0]}", fontsize=10)
+    fig.suptitle(f"make bench, {results.started:%Y-%m-%d}, {results.machine.split(', Linux')[0]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(results.plan.out_dir / PLOT, dpi=110)
     plt.close(fig)
@@ -400,3 +598,4 @@ def plot(results: Results) -> None:
 def write(results: Results) -> None:
     (results.plan.out_dir / MARKDOWN).write_text(markdown(results))
     plot(results)
+    capacity.write(results)

@@ -1,0 +1,5 @@
+"""`python -m benchmarks [--quick]`: what `make bench` runs."""
+
+from benchmarks import main
+
+main()

@@ -1,0 +1,170 @@
+"""`docs/capacity.md`: what 1 k, 10 k and 100 k predictions a second need, from the per-prediction figures the
+benchmark measures at its top concurrency. The prose is fixed; the figures and tables are this run's."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks import Results
+
+MARKDOWN = "capacity.md"
+RATES = (1_000, 10_000, 100_000)
+BUSY = 0.7
+PG_CORES = 8
+"""The PostgreSQL host the plan compares one Redis with: a common size for a database server."""
+"""The share of a core each process is planned at: headroom for bursts, as a capacity plan should keep."""
+
+
+@dataclass
+class Unit:
+    """Per-prediction figures of mlapi at the top concurrency (CPU from /proc, counts from the servers)."""
+
+    concurrency: int
+    rps: float
+    api_cpu_us: float
+    """API CPU per request."""
+    worker_cpu_us: float
+    """Worker CPU per row stored."""
+    redis_cpu_us: float
+    postgres_cpu_us: float
+    redis_commands: float
+    redis_top: list[tuple[str, float]]
+    """The commands with the most calls per prediction."""
+    pg_rows: float
+    """Rows written (inserted, updated, deleted) per history row inserted."""
+    wal_bytes: float
+    batch_rows: float
+    """Mean rows per batch, by request (the batch probe's view)."""
+
+
+def unit(results: Results) -> Unit | None:
+    top = results.plan.top
+    p = results.point("mlapi", top)
+    if p is None or not p.answered or not p.persisted or p.units is None:
+        return None
+    u = p.units
+    calls = sorted(u.redis_calls.items(), key=lambda kv: -kv[1])
+    batches = p.batches or {}
+    mean = sum(s * n for s, n in batches.items()) / max(1, sum(batches.values()))
+    return Unit(
+        concurrency=top, rps=p.result.rps, api_cpu_us=p.cpu_s["api"] * 1e6 / p.answered,
+        worker_cpu_us=p.cpu_s["workers"] * 1e6 / p.persisted, redis_cpu_us=p.cpu_s["redis"] * 1e6 / p.answered,
+        postgres_cpu_us=p.cpu_s["postgres"] * 1e6 / p.answered,
+        redis_commands=sum(u.redis_calls.values()) / p.answered,
+        redis_top=[(name, n / p.answered) for name, n in calls[:6]],
+        pg_rows=u.rows_written / u.predictions_inserted if u.predictions_inserted else float("nan"),
+        wal_bytes=u.wal_bytes / p.persisted, batch_rows=mean,
+    )  # fmt: skip
+
+
+def figures(u: Unit) -> list[tuple[str, str]]:
+    return [
+        ("API CPU per request", f"{u.api_cpu_us:,.0f} µs"),
+        ("worker CPU per row (decode, validate, predict, store, reply)", f"{u.worker_cpu_us:,.0f} µs"),
+        ("Redis CPU per prediction", f"{u.redis_cpu_us:,.0f} µs"),
+        ("Redis commands per prediction", f"{u.redis_commands:.2f} ("
+         + ", ".join(f"{n} {c:.2f}" for n, c in u.redis_top) + ")"),
+        ("PostgreSQL CPU per prediction (all backends)", f"{u.postgres_cpu_us:,.0f} µs"),
+        ("PostgreSQL rows written per prediction", f"{u.pg_rows:.2f}"),
+        ("PostgreSQL WAL per prediction", f"{u.wal_bytes:,.0f} bytes"),
+        ("mean rows per batch, by request", f"{u.batch_rows:.1f}"),
+    ]  # fmt: skip
+
+
+def console(u: Unit) -> str:
+    lines = [f"per prediction, mlapi at c={u.concurrency} ({u.rps:,.0f} req/s)"]
+    lines += [f"  {name:<62} {value}" for name, value in figures(u)]
+    return "\n".join(lines)
+
+
+def _n(rate: float, us: float) -> int:
+    return max(1, math.ceil(rate * us / 1e6 / BUSY))
+
+
+def _table(u: Unit) -> list[str]:
+    rows = []
+    for rate in RATES:
+        rows.append(
+            f"| {rate:,} | {_n(rate, u.api_cpu_us)} | {_n(rate, u.worker_cpu_us)} | "
+            f"{rate * u.redis_commands:,.0f} | {_n(rate, u.redis_cpu_us)} | {rate * u.pg_rows:,.0f} | "
+            f"{rate * u.wal_bytes / 1e6:,.1f} | {rate * u.postgres_cpu_us / 1e6 / BUSY:,.1f} | "
+            f"{rate * 86_400 / 1e6:,.0f} M |"
+        )
+    return [
+        "| predictions/s | API processes | workers | Redis commands/s | Redis shards | PostgreSQL rows/s "
+        "| WAL MB/s | PostgreSQL cores | history rows a day |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def markdown(results: Results) -> str:
+    u = unit(results)
+    command = "make bench QUICK=1" if results.plan.quick else "make bench"
+    if u is None:
+        return "# Capacity\n\nThe last benchmark run measured no mlapi point at its top concurrency.\n"
+    redis_ceiling = BUSY * 1e6 / u.redis_cpu_us
+    pg_core = BUSY * 1e6 / u.postgres_cpu_us
+    first = "Redis" if redis_ceiling < PG_CORES * pg_core else "PostgreSQL"
+    return "\n".join([
+        "# Capacity: past one machine, on paper",
+        "",
+        f"What mlapi would need for 1 k, 10 k and 100 k predictions a second, from what one run of `{command}` "
+        f"({results.started:%Y-%m-%d %H:%M} UTC, {results.machine}) measured per prediction at "
+        f"{u.concurrency} clients, every prediction stored before it is answered. The figures and the tables "
+        "below are regenerated by each run; read them as orders of magnitude: they come from a small shared "
+        "machine, one model (the bundled 8-field diabetes pipeline) and one row per request.",
+        "",
+        "## Per prediction",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in figures(u)),
+        "",
+        "CPU is user + system time from /proc over the point, divided by the requests answered (the worker's by the "
+        "rows stored); Redis commands are the `INFO commandstats` delta, WAL the `pg_current_wal_lsn()` delta, rows "
+        "the `pg_stat_database` delta per history row inserted.",
+        "",
+        "## What each rate needs",
+        "",
+        f"Each process planned at {BUSY:.0%} of a core. API processes and workers are single-threaded Python "
+        "processes; a Redis shard executes commands on one thread; PostgreSQL's backends run in parallel.",
+        "",
+        *_table(u),
+        "",
+        "## What saturates first",
+        "",
+        "The API and the workers scale out: they share nothing but Redis and PostgreSQL, so more processes (on "
+        "more machines) add capacity in proportion. Today's design has **one Redis** and **one PostgreSQL "
+        f"table**. One Redis at {BUSY:.0%} of its thread carries about **{redis_ceiling:,.0f} predictions/s** "
+        f"({u.redis_commands:.1f} commands each); PostgreSQL's CPU scales with its host's cores (about "
+        f"{pg_core:,.0f} predictions/s per core, {PG_CORES * pg_core:,.0f} on {PG_CORES} cores) until the single "
+        f"table and the single WAL stream do not. At these figures **{first}** is the first shared part to "
+        f"saturate, at about {min(redis_ceiling, PG_CORES * pg_core):,.0f} predictions/s.",
+        "",
+        *(f"- **{rate / 1000:,.0f} k/s**: {_n(rate, u.api_cpu_us)} API processes and {_n(rate, u.worker_cpu_us)} "
+          f"workers; Redis at {rate * u.redis_cpu_us / 1e6:.0%} of one thread; PostgreSQL "
+          f"{rate * u.postgres_cpu_us / 1e6:,.1f} cores busy, {rate * u.pg_rows:,.0f} rows/s, "
+          f"{rate * u.wal_bytes / 1e6:,.1f} MB/s of WAL." for rate in RATES),
+        "",
+        "Beyond one Redis and one PostgreSQL primary, what would have to change:",
+        "",
+        "- **Redis**: shard the streams (one stream per model, or per hash of the request id, across a Redis "
+        "Cluster or several instances), each API enqueueing on the shard its request hashes to and each worker "
+        "reading a set of shards; replies keyed the same way. Fewer commands per prediction (pipelining the "
+        "enqueue and the reply wait, one reply stream read per batch) lowers the shard count.",
+        "- **PostgreSQL**: one table taking every row at "
+        f"{100_000 * u.pg_rows:,.0f} rows/s and {100_000 * u.wal_bytes / 1e6:,.0f} MB/s of WAL is beyond one "
+        "primary's comfortable write rate: partition the history by time (declarative partitioning, dropping "
+        "old partitions instead of deleting), write in larger batches (COPY per batch), and past that shard the "
+        "history by model or tenant across primaries, or send it through the stream to a store built for "
+        "append-heavy analytics, keeping the guarantee that an answer follows its committed row.",
+        "",
+    ])  # fmt: skip
+
+
+def write(results: Results) -> None:
+    (results.plan.out_dir / MARKDOWN).write_text(markdown(results))
