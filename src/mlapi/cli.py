@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 from pathlib import Path
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         from mlapi.api.app import create_app
 
         settings.api = settings.api.model_copy(update=_given(args, "host", "port"))
-        _serve(create_app(settings), settings.api.host, settings.api.port, settings)
+        app = create_app(settings)
+        _settle_gc()
+        _serve(app, settings.api.host, settings.api.port, settings)
     elif args.command == "worker":
         from mlapi.worker import run_worker
 
@@ -151,6 +154,15 @@ def main(argv: list[str] | None = None) -> None:
         from mlapi.bench import run_bench
 
         run_bench(settings, quick=args.quick)
+
+
+def _settle_gc() -> None:
+    """Keep the cyclic garbage collector off the request path of a long-running server: what exists once the
+    app is built (modules, routes, schemas) is frozen out of its scans, and young collections run every 10,000
+    allocations instead of 700. It took about a sixth of the API's CPU under load (perf: gc_collect_main)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
