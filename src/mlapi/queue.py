@@ -9,6 +9,7 @@ A model's keys share the hash tag `{<model>}`, so a Redis Cluster keeps them in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -133,6 +134,62 @@ async def enqueue(redis: Redis, job: Job, *, track: bool, durable_ms: int | None
         raise failed
     if durable_ms is not None:
         _confirm(waited, durable_ms)
+
+
+class Sender:
+    """Queues the jobs of waiting requests: those submitted in the same turn of the event loop travel in one
+    pipeline, one write and one round trip for all of them instead of one each, and one WAITAOF (which covers
+    every earlier write of its connection) confirms those that want durability. Each caller learns the fate
+    of its own job, as from `enqueue`."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._batch: list[tuple[Job, int | None, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, job: Job, durable_ms: int | None = None) -> None:
+        """Return once the job is on its stream (and, with `durable_ms`, on the broker's disk: else `NotDurable`);
+        the connection's error when the pipeline failed, after which the job may or may not be queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((job, durable_ms, future))
+        await future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Job, int | None, asyncio.Future[None]]]) -> None:
+        durable = [ms for _, ms, _ in batch if ms is not None]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job, _, _ in batch:
+                    pipe.xadd(request_stream(job.model, job.version), {FIELD: encode(job)})
+                if durable:
+                    pipe.waitaof(1, 0, max(durable))
+                answers = await pipe.execute(raise_on_error=False)
+        except Exception as e:  # every caller gets the failure of the write its job was in
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        waited = answers.pop() if durable else None
+        for (_, durable_ms, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # its caller gave up
+                continue
+            try:
+                if isinstance(answer, Exception):
+                    raise answer
+                if durable_ms is not None:
+                    _confirm(waited, durable_ms)
+            except RedisError as e:
+                future.set_exception(e)
+            else:
+                future.set_result(None)
 
 
 async def mark_queued(redis: Redis, job: Job) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from mlapi import queue
 from mlapi.contract import Reply, Validation, decode_replies, decode_validation, encode
@@ -57,6 +58,41 @@ async def test_each_version_has_its_own_stream(redis: Redis) -> None:
     assert only_v2.key == V2 and only_v2.job is not None and only_v2.job.id == "job-2"
     [v1] = await queue.read_new(redis, "w1", [KEY, V2], 10, 100)
     assert v1.key == KEY and v1.job is not None and v1.job.id == "job-1"
+
+
+async def test_jobs_sent_together_land_in_order_and_each_caller_learns_its_own_fate(redis: Redis) -> None:
+    """The jobs of one turn of the event loop travel in one pipeline; a job whose write fails fails alone."""
+    sender = queue.Sender(redis)
+    await redis.set(queue.request_stream("broken", 1), "not a stream")  # XADD on it answers WRONGTYPE
+    sent = await asyncio.gather(
+        sender.enqueue(job(1, KEY)),
+        sender.enqueue(job(2, V2)),
+        sender.enqueue(job(3, ("broken", 1))),
+        sender.enqueue(job(4, KEY)),
+        return_exceptions=True,
+    )
+    assert sent[0] is None and sent[1] is None and sent[3] is None
+    assert isinstance(sent[2], ResponseError) and "WRONGTYPE" in str(sent[2])
+    await queue.ensure_groups(redis, [queue.request_stream(*KEY), queue.request_stream(*V2)])
+    first, second = await queue.read_new(redis, "w1", [KEY], 10, 100)
+    assert [d.job.id for d in (first, second) if d.job] == ["job-1", "job-4"]
+    [other] = await queue.read_new(redis, "w1", [V2], 10, 100)
+    assert other.job is not None and other.job.id == "job-2"
+
+
+async def test_a_durable_send_is_refused_by_a_broker_that_cannot_confirm_it(redis: Redis) -> None:
+    """Without the append-only file WAITAOF cannot confirm: the durable caller hears so, its batch-mate not."""
+    sender = queue.Sender(redis)
+    await redis.config_set("appendonly", "no")
+    try:
+        durable, plain = await asyncio.gather(
+            sender.enqueue(job(1), durable_ms=100), sender.enqueue(job(2)), return_exceptions=True
+        )
+    finally:
+        await redis.config_set("appendonly", "yes")
+    assert isinstance(durable, queue.NotDurable) and plain is None
+    await asyncio.gather(sender.enqueue(job(3), durable_ms=5000), sender.enqueue(job(4)))
+    assert len(await entries(redis, queue.request_stream(*KEY))) == 4
 
 
 async def test_a_read_takes_from_every_version_at_once(redis: Redis) -> None:

@@ -139,6 +139,7 @@ class DataPlane:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.sender = queue.Sender(redis)
         self.predictions = predictions
         self.registry = registry
         self.dispatcher = dispatcher
@@ -342,7 +343,7 @@ class DataPlane:
         started = time.perf_counter()
         try:
             reply = await self.dispatcher.submit(
-                self.redis, job, self.settings.api.request_timeout_s, self._durable_ms(durable == "all")
+                self.sender, job, self.settings.api.request_timeout_s, self._durable_ms(durable == "all")
             )
         except PredictionTimeout:
             self.metrics.requests.labels(name, "timeout").inc()

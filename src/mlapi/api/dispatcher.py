@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mlapi import queue
@@ -75,10 +74,10 @@ class ReplyDispatcher:
     def in_flight(self) -> int:
         return len(self._waiting)
 
-    async def submit(self, redis: Redis, job: Job, timeout_s: float, durable_ms: int | None = None) -> Reply:
+    async def submit(self, sender: queue.Sender, job: Job, timeout_s: float, durable_ms: int | None = None) -> Reply:
         """Queue the job (on the broker's disk first, with `durable_ms`) and wait for its answer."""
         ids = [row.id for row in job.rows]
-        return await self.call(job.id, queue.enqueue(redis, job, track=False, durable_ms=durable_ms), timeout_s, ids)
+        return await self.call(job.id, sender.enqueue(job, durable_ms), timeout_s, ids)
 
     async def call(self, reply_id: str, send: Awaitable[None], timeout_s: float, ids: list[str]) -> Reply:
         """Send a message (a job, a validation) and wait for the reply with its id; the future exists before

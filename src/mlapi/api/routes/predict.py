@@ -10,50 +10,68 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import Field, TypeAdapter, ValidationError
 
-from mlapi.api.access import Caller, check_idempotency_key
+from mlapi.api.access import Caller, check_idempotency_key, credential
 from mlapi.api.dataplane import DataPlane, Idempotent, Inferred, InvalidInput
 from mlapi.api.errors import MalformedBody, json_response
-from mlapi.api.routes import CallerDep, DataPlaneDep
 from mlapi.contract import OUTPUT_FIELDS, Result
 from mlapi.models.spec import ModelSpec
 from mlapi.schemas import Accepted, BatchAccepted
 
 router = APIRouter(tags=["predict"])
-WAIT = Query(description="false: answer 202 at once and let the client read the result later")
-Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
-
-
 IDEMPOTENCY = Header(alias="Idempotency-Key", description="A retry with the same key gets the first answer")
 IdempotencyKey = Annotated[str | None, IDEMPOTENCY]
+"""The OIP routes' parameter; the predict routes read the header themselves (`_arguments`)."""
+# The predict routes take only the request and read the rest themselves, in the order FastAPI would (the caller,
+# then the path and query parameters): its dependency solving cost more CPU than the rest of a request's
+# handling in the API. `mlapi.api.openapi` documents their parameters.
+_WAIT = TypeAdapter(bool)
+_VERSION = TypeAdapter(Annotated[int, Field(ge=1, le=2**31 - 1)])
 
 
 @router.post("/predict", include_in_schema=False)
-async def predict_default(
-    dp: DataPlaneDep, caller: CallerDep, request: Request, wait: Annotated[bool, WAIT] = True,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
-    spec = dp.version(dp.settings.api.default_model).spec
-    return await predict(dp, spec, request, wait, caller, idempotency_key)
+async def predict_default(request: Request) -> Response:
+    dp, caller, wait, key, _ = await _arguments(request, versioned=False)
+    return await predict(dp, dp.version(dp.settings.api.default_model).spec, request, wait, caller, key)
 
 
 @router.post("/models/{name}/predict", include_in_schema=False)
-async def predict_model(
-    dp: DataPlaneDep, caller: CallerDep, name: str, request: Request, wait: Annotated[bool, WAIT] = True,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
-    return await predict(dp, dp.version(name).spec, request, wait, caller, idempotency_key)
+async def predict_model(request: Request) -> Response:
+    dp, caller, wait, key, _ = await _arguments(request, versioned=False)
+    return await predict(dp, dp.version(request.path_params["name"]).spec, request, wait, caller, key)
 
 
 @router.post("/models/{name}/versions/{version}/predict", include_in_schema=False)
-async def predict_version(
-    dp: DataPlaneDep, caller: CallerDep, name: str, version: Version, request: Request,
-    wait: Annotated[bool, WAIT] = True, idempotency_key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
-    return await predict(dp, dp.version(name, version).spec, request, wait, caller, idempotency_key)
+async def predict_version(request: Request) -> Response:
+    dp, caller, wait, key, version = await _arguments(request, versioned=True)
+    return await predict(dp, dp.version(request.path_params["name"], version).spec, request, wait, caller, key)
+
+
+async def _arguments(request: Request, versioned: bool) -> tuple[DataPlane, Caller, bool, str | None, int | None]:
+    """The data plane, the caller (401 and 429 first), then `version` (path), `wait` (query) and the
+    Idempotency-Key, with FastAPI's 422 for invalid parameters."""
+    dp: DataPlane = request.state.dataplane
+    headers = request.headers
+    caller = await dp.authenticate(credential(headers.get("authorization"), headers.get("x-api-key")))
+    errors: list[dict[str, Any]] = []
+    version = _validated(_VERSION, request.path_params["version"], ("path", "version"), errors) if versioned else None
+    given = request.query_params.get("wait")
+    wait = True if given is None else _validated(_WAIT, given, ("query", "wait"), errors)
+    if errors:
+        raise RequestValidationError(errors)
+    return dp, caller, wait, headers.get("idempotency-key"), version
+
+
+def _validated(adapter: TypeAdapter[Any], value: str, loc: tuple[str, ...], errors: list[dict[str, Any]]) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as e:
+        errors += [{**err, "loc": (*loc, *err["loc"])} for err in e.errors(include_url=False)]
+        return None
 
 
 def _error(loc: tuple[str | int, ...], type_: str, msg: str) -> dict[str, Any]:
