@@ -1,9 +1,16 @@
 #!/bin/sh
 # A test target's step: run those of the named test files (globs allowed) that exist, in `make test`'s
 # order; fail when none does. Usage: run-tests.sh "<files or globs>" (PYTEST_ARGS is passed to pytest).
+# TEST_KINDS (default "e2e integration unit") keeps only the files under tests/<kind>/ for those kinds: the
+# arm64 images, built under emulation, run "integration unit".
 set -u
-selected=$(for f in $1; do [ -e "$f" ] && echo "$f"; done | sort)
-[ -n "$selected" ] || { echo "no tests found among: $1" >&2; exit 1; }
+kinds="${TEST_KINDS:-e2e integration unit}"
+selected=$(for f in $1; do
+    [ -e "$f" ] || continue
+    for kind in $kinds; do case "$f" in "tests/$kind/"*) echo "$f" ;; esac; done
+done | sort)
+[ -n "$selected" ] || { echo "no $kinds tests found among: $1" >&2; exit 1; }
+echo "run-tests.sh: $(echo "$selected" | wc -l) test paths of kinds: $kinds"
 # shellcheck disable=SC2086  # both lists are word lists on purpose
 python -m pytest ${PYTEST_ARGS:-} --basetemp=/tmp/pytest $selected
 rc=$?
