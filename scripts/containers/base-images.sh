@@ -60,7 +60,7 @@ python_standin() {
         rm -rf "$rootfs"
     fi
     log "podman import $PYTHON_STANDIN"
-    podman import --os linux --arch "$ARCH" \
+    podman import --quiet --os linux --arch "$ARCH" \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["python3"]' \
