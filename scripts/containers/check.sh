@@ -44,6 +44,7 @@ cd "$ROOT"
 source "$HERE/common.sh"
 
 PROJECT="mlapi-check$SUFFIX"
+IMAGE_PREFIX=localhost/mlapi
 TAG="check$SUFFIX"
 # Under emulation Python runs 6-7 times slower: every wait and time limit is multiplied by SLOW.
 SLOW=1
