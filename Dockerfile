@@ -29,6 +29,13 @@ ARG PYTEST_ARGS="-q -p no:cacheprovider"
 # under QEMU in CI, pass --build-arg TEST_KINDS="integration unit": the e2e tests (whole systems of processes)
 # stay on x86, where the same images' services also run the compose smoke tests on arm64.
 ARG TEST_KINDS="e2e integration unit"
+# A pytest -k expression of tests the target leaves out, reported by pytest as deselected (none by default).
+# The emulated arm64 check passes "onnx": onnxruntime's aarch64 wheel crashes on import under QEMU 7.2 user-mode
+# emulation (Debian bookworm's qemu-user-static), not on arm64 hardware; see docs/deployment.md.
+ARG TEST_DESELECT=""
+# What the model image imports to prove its runtimes load (the emulated arm64 check leaves out onnxruntime, as
+# above, and says so).
+ARG MODEL_IMPORTS="mlapi.worker mlapi.runtimes.sklearn xgboost lightgbm onnxruntime"
 
 FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -101,9 +108,10 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mla
 CMD ["api"]
 
 FROM model-deps AS model
+ARG MODEL_IMPORTS
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
-    && python -c "import mlapi.worker, mlapi.runtimes.sklearn, xgboost, lightgbm, onnxruntime"
+    && python -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" $MODEL_IMPORTS
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 USER 10001
 HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]
@@ -145,16 +153,19 @@ FROM tests AS api-test
 ARG API_TESTS
 ARG PYTEST_ARGS
 ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$API_TESTS"
 
 FROM tests AS model-test
 ARG MODEL_TESTS
 ARG PYTEST_ARGS
 ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$MODEL_TESTS"
 
 FROM tests AS web-test
 ARG WEB_TESTS
 ARG PYTEST_ARGS
 ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$WEB_TESTS"

@@ -51,6 +51,10 @@ SLOW=1
 [[ -z "$EMULATED" ]] || SLOW=4
 TEST_KINDS="${MLAPI_CHECK_TEST_KINDS-$([[ -n "$EMULATED" ]] && echo "integration unit")}"
 SCALE="${MLAPI_CHECK_SCALE:-$([[ -n "$EMULATED" ]] && echo 0 || echo 1)}"
+# onnxruntime's aarch64 wheel segfaults on import under QEMU 7.2 user-mode emulation (bookworm's qemu-user-static;
+# not on arm64 hardware): under emulation the model image's import check, the test targets and the own models
+# leave ONNX out, and the run says so. MLAPI_CHECK_ONNX=1 tries it anyway (a newer QEMU, native arm64).
+ONNX="${MLAPI_CHECK_ONNX:-$([[ -n "$EMULATED" ]] && echo 0 || echo 1)}"
 export HTTP_TIMEOUT_S=$((20 * SLOW)) BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-$((1500 * (SLOW > 1 ? 2 : 1)))}"
 MODEL=diabetes-risk
 # The user's own models, added at run time: names no bundled model has.
@@ -142,6 +146,12 @@ setup() {
 test_build_opts() {
     build_opts
     [[ -z "$TEST_KINDS" ]] || BUILD_OPTS+=(--build-arg "TEST_KINDS=$TEST_KINDS")
+    if ! ((ONNX)); then
+        BUILD_OPTS+=(--build-arg "TEST_DESELECT=onnx"
+            --build-arg "MODEL_IMPORTS=mlapi.worker mlapi.runtimes.sklearn xgboost lightgbm")
+        log "NOT PROVED on $PLATFORM here: onnxruntime (it crashes on import under this QEMU); the model image does" \
+            "not import it, the test targets deselect the tests matching 'onnx', no ONNX model is added"
+    fi
     log "pip.conf for the build: $(tr '\n' ' ' <"$WORK/pip.conf")"
 }
 
@@ -159,7 +169,7 @@ build() {
             || { grep -v '^WARNING: Location' "$log" | tail -n 60 >&2; fail "podman build --target $target, twice"; }
         log "FLAKY: $target failed once and passed the second time"
     fi
-    grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$log" >&2 || true
+    grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s|^run-tests.sh' "$log" >&2 || true
 }
 
 # Test files the Dockerfile's test targets do not select, so none is forgotten silently.
@@ -528,6 +538,10 @@ own_models() {
     local models name task file
     models="$(train_own_models)" || fail "training the own models on the host"
     while read -r name task file; do
+        if [[ "$name" == *-onnx-* ]] && ! ((ONNX)); then
+            log "NOT PROVED on $PLATFORM here: $name (onnxruntime under QEMU, MLAPI_CHECK_ONNX=0)"
+            continue
+        fi
         add_own_model "$name" "$task" "$file"
     done <<<"$models"
     [[ "$(starts)" == "$before" ]] || fail "a container was (re)started while the own models were added"
