@@ -83,7 +83,9 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
 
 # arm64: every model wheel exists for manylinux aarch64, none is built from source. scikit-learn, numpy, pandas;
 # xgboost-cpu (the CPU-only xgboost, without the CUDA libraries of plain xgboost, published for x86_64 and
-# aarch64); onnxruntime and onnx (aarch64 wheels since 1.x); lightgbm (with libgomp1 above).
+# aarch64); onnxruntime and onnx (manylinux aarch64 wheels); lightgbm (with libgomp1 above). Under QEMU 7.2
+# user-mode emulation (CI's arm64 step) onnxruntime crashes on import, so that check leaves it out of
+# MODEL_IMPORTS and says so; on arm64 hardware the default imports it.
 FROM gomp AS model-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/model.txt
 
