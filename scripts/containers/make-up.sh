@@ -49,8 +49,14 @@ def call(path, body=None):
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
+def running(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
 while True:
-    if os.waitpid(pid, os.WNOHANG) != (0, 0):
+    if not running(pid):
         sys.exit("make up exited before the API was ready")
     try:
         if call("/readyz").get("status") == "ready":
