@@ -29,7 +29,8 @@ ARG PYTEST_ARGS="-q -p no:cacheprovider"
 # under QEMU in CI, pass --build-arg TEST_KINDS="integration unit": the e2e tests (whole systems of processes)
 # stay on x86, where the same images' services also run the compose smoke tests on arm64.
 ARG TEST_KINDS="e2e integration unit"
-# A pytest -k expression of tests the target leaves out, reported by pytest as deselected (none by default).
+# A word naming tests the target leaves out: files named *WORD* are not collected, tests matching `-k WORD` are
+# deselected (run-tests.sh; none by default).
 # The emulated arm64 check passes "onnx": onnxruntime's aarch64 wheel crashes on import under QEMU 7.2 user-mode
 # emulation (Debian bookworm's qemu-user-static), not on arm64 hardware; see docs/deployment.md.
 ARG TEST_DESELECT=""

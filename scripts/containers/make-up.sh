@@ -75,7 +75,7 @@ assert [i["status"] for i in found if i["id"] == answer["id"]] == ["done"], foun
 print(f"GET /predictions lists {answer['id']} as done", flush=True)
 PY
 say "Ctrl-C"
-kill -INT -- "-$up"
+python3 -c "import os, signal, sys; os.killpg(int(sys.argv[1]), signal.SIGINT)" "$up"
 rc=0
 wait "$up" || rc=$?
 say "make up exited with code $rc"
