@@ -39,6 +39,7 @@ build_opts() {
     pip_config
     BUILD_OPTS=(--format docker --network host --pull=never --layers --platform "$PLATFORM"
         --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf" "${PIP_VOLUMES[@]}")
+    ((ONNX)) || BUILD_OPTS+=(--build-arg "MODEL_IMPORTS=mlapi.worker mlapi.runtimes.sklearn xgboost lightgbm")
     # The one test that trains from the full data set reads it beside the repository, as in a checkout.
     [[ -d "$ROOT/../shared/data" ]] && BUILD_OPTS+=(-v "$(cd "$ROOT/../shared/data" && pwd):/home/mlapi/shared/data:ro")
     return 0
