@@ -558,10 +558,15 @@ def markdown(results: Results) -> str:
         *_trials_section(results),
         "## The systems",
         "",
-        *(f"- **{LABELS[s]}** ({results.configs.get(s, '')}): {DESCRIPTIONS[s]}" for s in plan.systems),
+        *(f"- **{LABELS[s]}**{_config(results, s)}: {DESCRIPTIONS[s]}" for s in plan.systems),
         "",
     ]
     return "\n".join(lines)
+
+
+def _config(results: Results, system: str) -> str:
+    config = results.configs.get(system)
+    return f" ({config})" if config else ""
 
 
 def plot(results: Results) -> None:
