@@ -239,7 +239,8 @@ def test_a_retry_after_a_504_gets_the_first_answer(auth: Auth, stopped_worker: s
         assert in_flight.status_code == 409 and in_flight.json()["id"] == queued
         assert in_flight.headers["retry-after"] == "1"
         stopped_worker.send_signal(signal.SIGCONT)
-        wait_until(lambda: retry.get(f"/predictions/{queued}").json()["status"] == "done", 30, "the answer")
+        # 404 until the worker has stored the row
+        wait_until(lambda: retry.get(f"/predictions/{queued}").json().get("status") == "done", 30, "the answer")
         answer = retry.post("/models/iris/predict", json=IRIS)
         assert answer.status_code == 200 and answer.json()["id"] == queued
         assert answer.json()["label"] == "virginica"
