@@ -8,11 +8,9 @@ here first.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +21,7 @@ from mlapi import queue
 from mlapi.api.app import create_app
 from mlapi.servers import RedisServer
 from mlapi.settings import Settings
+from tests.deploy.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
@@ -169,17 +168,9 @@ def test_no_deployment_file_names_a_model_or_a_stream(path: Path) -> None:
     assert "MLAPI_WORKER__MODELS" not in text, "workers serve every model of the registry"
 
 
-def load_healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("healthcheck", REPO / "deploy" / "docker" / "healthcheck.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.integration
 async def test_worker_healthcheck_follows_this_containers_heartbeat(redis_server: RedisServer) -> None:
-    healthcheck = load_healthcheck()
+    healthcheck = load_script("healthcheck")
     settings = Settings(redis_url=redis_server.url)
     named = Settings(redis_url=redis_server.url, worker={"consumer": "worker-7"})
     redis = queue.connect(redis_server.url)

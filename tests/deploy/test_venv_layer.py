@@ -4,21 +4,18 @@ when the platforms differ."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.deploy.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("venv_layer", REPO / "deploy" / "docker" / "venv_layer.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("venv_layer")
 
 
 def test_pip_configuration_becomes_uv_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
