@@ -11,8 +11,6 @@ import pytest
 
 from tests.deploy.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def load() -> ModuleType:
     return load_script("venv_layer")
